@@ -1,0 +1,110 @@
+"""Checkpoints: safetensors weights with the model config in their metadata. Loading never unpickles."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from autr import __version__
+from autr.presets import AutrConfig
+
+CONFIG_KEY = "autr_config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match its (or the requested) config."""
+
+
+def save_checkpoint(model, path, metadata: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write `model`'s weights and config to `path` atomically. `dtype` (e.g. float16) shrinks the
+    file; floating tensors are cast back to float32 on load. `metadata` values are stored as JSON."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {CONFIG_KEY: model.cfg.to_json(), "autr_version": __version__}
+    for k, v in (metadata or {}).items():
+        meta[k] = json.dumps(v)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_checkpoint(path) -> tuple[AutrConfig, dict, dict]:
+    """(config, tensors, metadata) of a checkpoint, with a clear error for anything unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
+    if CONFIG_KEY not in meta:
+        raise CheckpointError(f"{path} has no '{CONFIG_KEY}' metadata: it was not written by autr")
+    try:
+        cfg = AutrConfig.from_dict(json.loads(meta.pop(CONFIG_KEY)))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its config is not valid for this toolkit ({exc})") from None
+    extra = {}
+    for k, v in meta.items():
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    return cfg, tensors, extra
+
+
+def load_checkpoint(path, expect: "AutrConfig | str | None" = None):
+    """Build the model a checkpoint describes and load its weights (float32).
+
+    `expect` (a preset name or config) guards against loading a checkpoint of another config: any
+    architecture field that differs is named in the error.
+    """
+    from autr.model import AuTR
+    from autr.presets import get_config
+    from autr.weights import describe_mismatch
+
+    cfg, tensors, _ = read_checkpoint(path)
+    if expect is not None:
+        want = get_config(expect)
+        diff = {k: (v, getattr(cfg, k)) for k, v in want.to_dict().items()
+                if k not in ("name", "extra", "dropout") and getattr(cfg, k) != v}
+        if diff:
+            lines = ", ".join(f"{k}: expected {a!r}, checkpoint has {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{path} was trained with another config ({lines})")
+    model = AuTR(cfg)
+    target = model.state_dict()
+    problem = describe_mismatch(target, tensors)
+    if problem:
+        raise CheckpointError(f"{path} does not match its own config {cfg.name!r}:\n{problem}")
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in tensors.items()})
+    model.eval()
+    return model
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

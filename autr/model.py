@@ -1,0 +1,157 @@
+"""AuTR: the audio-aware query-enhanced transformer (Liu et al. 2023, Fig. 2), assembled.
+
+    frames [T,3,H,W] ─ timm backbone ─ strides 4, 8, 16, 32
+    log_mel [T,1,96,64] ─ VGGish ─ 128-d ─ MLP ─ audio a_t (C_av)
+    strides 8/16/32 ─ 1x1 conv ─ AVEF (visual queries, audio keys/values) ─ deformable encoder
+    a_t + query position embeddings ─ audio-aware decoder (deformable cross-attention) ─ Nq queries
+    encoder memory + stride 4 ─ FPN pixel decoder with audio attention ─ mask features (stride 4)
+    queries ─ dynamic conv over the mask features ─ Nq masks;  queries ─ linear ─ Nq sounding scores
+
+Training mode returns every query: `pred_masks` [N, Nq, H/4, W/4] and `pred_scores` [N, Nq]
+(N = frames of all clips). Eval mode returns, per frame, the mask of the query with the highest
+sounding score upsampled to the input size: `masks` [T, H, W] logits and `scores` [T] logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autr.encoders import VGGish, VisualBackbone
+from autr.heads import DotProductMaskHead, DynamicMaskHead, PixelDecoder
+from autr.presets import AutrConfig, get_config
+from autr.transformer import (AudioAwareDecoder, AudioCrossAttention, DeformableEncoder, mlp,
+                              sine_position_encoding)
+
+N_LEVELS = 3  # the paper's three scales: strides 8, 16, 32
+LOG_MEL_SHAPE = (1, 96, 64)
+
+
+class AuTR(nn.Module):
+    def __init__(self, cfg: AutrConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.visual = VisualBackbone(cfg.backbone, cfg.feature_indices)
+        self.audio = VGGish(cfg.vggish_width, cfg.vggish_fc, cfg.audio_dim)
+        self.audio_proj = mlp([cfg.audio_dim, d, d])
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(min(32, d // 4), d))
+            for c in self.visual.channels[1:]
+        )
+        self.avef = nn.ModuleList(AudioCrossAttention(d, cfg.n_heads, cfg.dropout) for _ in range(N_LEVELS))
+        self.level_embed = nn.Parameter(torch.empty(N_LEVELS, d).normal_())
+        self.encoder = DeformableEncoder(cfg.enc_layers, d, N_LEVELS, cfg.n_heads, cfg.n_points,
+                                         cfg.ffn_dim, cfg.dropout)
+        self.decoder = AudioAwareDecoder(cfg.dec_layers, d, N_LEVELS, cfg.n_heads, cfg.n_points,
+                                         cfg.ffn_dim, cfg.dropout, cfg.n_queries, cfg.audio_queries)
+        self.pixel_decoder = PixelDecoder(d, self.visual.channels[0], cfg.mask_dim, cfg.n_heads)
+        if cfg.dynamic_conv:
+            self.mask_head = DynamicMaskHead(d, cfg.mask_dim, cfg.dyn_channels, cfg.dyn_layers)
+        else:
+            self.mask_head = DotProductMaskHead(d, cfg.mask_dim)
+        self.score_head = nn.Linear(d, 1)
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(self, frames: torch.Tensor, log_mel: torch.Tensor):
+        """Validate a clip [T,3,H,W] (or a batch of clips [B,T,3,H,W]); raise ValueError with the expected shapes."""
+        cfg = self.cfg
+        expect = f"frames [T, 3, H, W] (or [B, T, 3, H, W]) with T <= {cfg.max_frames} and H, W multiples of 32"
+        if not isinstance(frames, torch.Tensor) or not isinstance(log_mel, torch.Tensor):
+            raise ValueError(f"frames and log_mel must be torch tensors; expected {expect}")
+        if frames.dim() not in (4, 5) or frames.shape[-3] != 3:
+            raise ValueError(f"expected {expect}, got frames of shape {tuple(frames.shape)}")
+        lead = tuple(frames.shape[:-3])
+        if tuple(log_mel.shape) != lead + LOG_MEL_SHAPE:
+            raise ValueError(
+                f"log_mel must be {list(lead) + list(LOG_MEL_SHAPE)} (one VGGish example per frame), "
+                f"got {tuple(log_mel.shape)}"
+            )
+        h, w = frames.shape[-2:]
+        if h % 32 or w % 32:
+            raise ValueError(f"frame size {h}x{w} is not a multiple of 32; expected {expect}")
+        if lead[-1] > cfg.max_frames:
+            raise ValueError(f"got T={lead[-1]} frames but preset {cfg.name!r} allows at most "
+                             f"T={cfg.max_frames} (max_frames)")
+        if not frames.is_floating_point() or not log_mel.is_floating_point():
+            raise ValueError(f"frames and log_mel must be floating point, got {frames.dtype} / {log_mel.dtype}")
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            if not torch.isfinite(frames).all():
+                raise ValueError("frames contain NaN or Inf values")
+            if not torch.isfinite(log_mel).all():
+                raise ValueError("log_mel contains NaN or Inf values")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, frames: torch.Tensor, log_mel: torch.Tensor) -> dict:
+        self.check_inputs(frames, log_mel)
+        lead = frames.shape[:-3]
+        frames, log_mel = frames.flatten(0, -4), log_mel.flatten(0, -4)
+        masks, scores = self.forward_queries(frames, log_mel)
+        if self.training:
+            return {"pred_masks": masks, "pred_scores": scores}
+        best_mask, best_score = select_best_query(masks, scores, frames.shape[-2:])
+        return {"masks": best_mask.view(*lead, *frames.shape[-2:]), "scores": best_score.view(lead)}
+
+    def forward_queries(self, frames: torch.Tensor, log_mel: torch.Tensor):
+        """frames [N,3,H,W], log_mel [N,1,96,64] -> all queries' mask logits [N,Nq,H/4,W/4], scores [N,Nq]."""
+        feats = self.visual(frames)
+        audio = self.audio_proj(self.audio(log_mel))  # [N, C]
+        srcs, poss, shapes = [], [], []
+        for lvl, feat in enumerate(feats[1:]):
+            x = self.input_proj[lvl](feat)
+            n, c, h, w = x.shape
+            pos = sine_position_encoding(n, h, w, c, x.device, x.dtype)
+            tokens = self.avef[lvl](x.flatten(2).transpose(1, 2), audio, pos)
+            srcs.append(tokens)
+            poss.append(pos + self.level_embed[lvl])
+            shapes.append((h, w))
+        src, pos = torch.cat(srcs, 1), torch.cat(poss, 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
+        level_start_index = torch.as_tensor(starts, dtype=torch.long, device=src.device)
+
+        memory = self.encoder(src, pos, shapes, spatial_shapes, level_start_index)
+        queries, reference = self.decoder(audio, memory, spatial_shapes, level_start_index)
+
+        maps = [m.transpose(1, 2).reshape(m.shape[0], -1, h, w)
+                for m, (h, w) in zip(memory.split([h * w for h, w in shapes], 1), shapes)]
+        mask_features = self.pixel_decoder(maps, feats[0], audio)
+        masks = self.mask_head(queries, reference, mask_features)
+        scores = self.score_head(queries).squeeze(-1)
+        return masks, scores
+
+
+def select_best_query(masks: torch.Tensor, scores: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's inference rule: per frame, the mask of the highest-scoring query, upsampled to `size`."""
+    n, _, h, w = masks.shape
+    best = scores.argmax(dim=1, keepdim=True)  # [N, 1]
+    mask = masks.gather(1, best[:, :, None, None].expand(n, 1, h, w))
+    mask = F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return mask, scores.gather(1, best)[:, 0]
+
+
+def build_model(preset: "str | AutrConfig" = "small", *, backbone_weights=None, vggish_weights=None,
+                seed: int | None = None, **overrides) -> AuTR:
+    """Build an AuTR model from a preset name (see `autr presets`) or a config.
+
+    `overrides` replace config fields (e.g. `dynamic_conv=False`). `backbone_weights` /
+    `vggish_weights` are local files (see `autr.weights`); nothing is ever downloaded. `seed` makes
+    the random initialisation repeatable without touching the global RNG.
+    """
+    cfg = get_config(preset, **overrides)
+    if seed is None:
+        model = AuTR(cfg)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AuTR(cfg)
+    if backbone_weights is not None or vggish_weights is not None:
+        from autr.weights import load_backbone_weights, load_vggish_weights
+
+        if backbone_weights is not None:
+            load_backbone_weights(model, backbone_weights)
+        if vggish_weights is not None:
+            load_vggish_weights(model, vggish_weights)
+    return model
