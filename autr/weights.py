@@ -3,7 +3,8 @@
 Backbone (`--backbone-weights FILE`): a timm or torchvision state dict of the same architecture as
 the preset's backbone (`.safetensors`, or `.pth` / `.pt` / `.bin` read with `weights_only=True`).
 Classifier keys (`fc.*`, `head.*`, `classifier.*`, `head_drop.*`) are ignored; a `module.` or
-`backbone.` prefix and a `state_dict` / `model` wrapper are removed. The loaded backbone is frozen
+`backbone.` prefix and a `state_dict` / `model` wrapper are removed; nested stage names of the full
+timm model (`stages.0.`) are renamed to the feature wrapper's (`stages_0.`). The loaded backbone is frozen
 (weights and batch-norm statistics), as in the paper.
 
 VGGish (`--vggish-weights FILE`): the common PyTorch VGGish state dict (the torchvggish port of
@@ -90,9 +91,26 @@ def _fit(module: torch.nn.Module, sd: dict, ignored: tuple, what: str, path) -> 
     module.load_state_dict(sd, strict=True)
 
 
+def to_feature_net_keys(sd: dict, target: dict) -> dict:
+    """Rename keys of a whole timm model to its features-only wrapper's names.
+
+    timm's feature wrapper flattens nested sequential stages, so `stages.0.blocks...` of the full
+    model is `stages_0.blocks...` in the wrapper; keys that already fit are kept as they are.
+    """
+    out = {}
+    for k, v in sd.items():
+        head, _, rest = k.partition(".")
+        index, _, tail = rest.partition(".")
+        flat = f"{head}_{index}.{tail}"
+        out[flat if k not in target and index.isdigit() and flat in target else k] = v
+    return out
+
+
 def load_backbone_weights(model, path) -> None:
     """Load a local timm / torchvision backbone state dict into `model.visual` and freeze it."""
-    _fit(model.visual.body, read_state_dict(path), IGNORED_BACKBONE_PREFIXES,
+    body = model.visual.body
+    sd = to_feature_net_keys(read_state_dict(path), body.state_dict())
+    _fit(body, sd, IGNORED_BACKBONE_PREFIXES,
          f"{model.cfg.backbone} backbone of preset {model.cfg.name!r}", path)
     model.visual.freeze()
 
