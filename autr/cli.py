@@ -55,5 +55,78 @@ def presets(measure, names, size, iters, json_out):
         click.echo(f"wrote {json_out}")
 
 
+@main.group()
+def data():
+    """Datasets: generate SynthAVS."""
+
+
+@data.command("synth")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--mode", type=click.Choice(["s4", "ms3"]), default="s4", show_default=True)
+@click.option("--train", "n_train", default=1000, show_default=True, help="Training clips.")
+@click.option("--val", "n_val", default=100, show_default=True, help="Validation clips.")
+@click.option("--test", "n_test", default=200, show_default=True, help="Test clips.")
+@click.option("--seed", default=0, show_default=True, help="Dataset seed (clips are deterministic given it).")
+@click.option("--size", default=224, show_default=True, help="Frame size (H = W).")
+@click.option("--open-set", is_flag=True, help="Hold out categories from train/val (paper Table III).")
+@click.option("--workers", type=int, default=None, help="Processes (default: every core).")
+def data_synth(root, mode, n_train, n_val, n_test, seed, size, open_set, workers):
+    """Write a SynthAVS dataset in the AVSBench layout under ROOT."""
+    from autr.synth import generate
+
+    info = generate(root, mode=mode, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, size=size,
+                    open_set=open_set, workers=workers)
+    click.echo(f"wrote {n_train}/{n_val}/{n_test} {mode} clips to {root}" +
+               (f" (held out: {', '.join(info.get('held_out', []))})" if open_set else ""))
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench / SynthAVS root.")
+@click.option("--mode", type=click.Choice(["s4", "ms3"]), default="s4", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--preset", default="small", show_default=True)
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--batch-size", default=8, show_default=True, help="Clips per batch (per process).")
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Data-loading processes.")
+@click.option("--size", type=int, default=None, help="Input size (default: the preset's).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on GPU.")
+@click.option("--full-gt", is_flag=True, help="SynthAVS S4: supervise all 5 frames, not only the first.")
+@click.option("--max-train-clips", type=int, default=None)
+@click.option("--max-val-clips", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Fine-tune from this checkpoint.")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
+              help="Local timm/torchvision backbone state dict (frozen once loaded).")
+@click.option("--vggish-weights", type=click.Path(exists=True, dir_okay=False),
+              help="Local PyTorch VGGish state dict (full-width presets).")
+@click.option("--no-audio-queries", is_flag=True, help="Ablation: plain learnable queries.")
+@click.option("--no-dynamic-conv", is_flag=True, help="Ablation: dot-product mask head.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, **kw):
+    """Train AuTR (paper defaults: AdamW 1e-4, wd 5e-4, batch 8, 50 epochs). Use torchrun for DDP."""
+    from autr.presets import list_presets
+
+    if kw["preset"] not in list_presets():
+        _fail(f"unknown preset {kw['preset']!r}; choose from {', '.join(list_presets())}")
+    from autr.training import TrainConfig, train as run
+
+    overrides = {}
+    if no_audio_queries:
+        overrides["audio_queries"] = False
+    if no_dynamic_conv:
+        overrides["dynamic_conv"] = False
+    cfg = TrainConfig(**kw, overrides=overrides, amp=not no_amp, progress=not quiet)
+    try:
+        result = run(cfg)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    if result["rank"] == 0:
+        click.echo(f"best validation mIoU {result['best_miou']:.4f}; checkpoints in {cfg.out}")
+
+
 if __name__ == "__main__":
     main()
