@@ -17,6 +17,7 @@ _LAZY = {
     "AutrConfig": ("autr.presets", "AutrConfig"),
     "save_checkpoint": ("autr.checkpoint", "save_checkpoint"),
     "load_checkpoint": ("autr.checkpoint", "load_checkpoint"),
+    "load_model": ("autr.checkpoint", "load_model"),
 }
 
 __all__ = ["__version__", *_LAZY]

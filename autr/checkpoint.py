@@ -108,3 +108,22 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "autr-small-synth.safetensors"
+
+
+def resolve_checkpoint(checkpoint) -> Path:
+    """A checkpoint path; "default" names the model shipped inside the package."""
+    if str(checkpoint) == "default":
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CheckpointError(
+                f"the embedded default model ({DEFAULT_CHECKPOINT.name}) is not in this install; "
+                "pass --checkpoint FILE (a checkpoint written by `autr train`)")
+        return DEFAULT_CHECKPOINT
+    return Path(checkpoint)
+
+
+def load_model(checkpoint="default", device="cpu"):
+    """The model of a checkpoint file (or the embedded default), in eval mode on `device`."""
+    return load_checkpoint(resolve_checkpoint(checkpoint)).to(device)

@@ -128,5 +128,84 @@ def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, **kw):
         click.echo(f"best validation mIoU {result['best_miou']:.4f}; checkpoints in {cfg.out}")
 
 
+def _print_metrics(result: dict) -> None:
+    click.echo(f"{'metric':<18} value")
+    for key, value in result.items():
+        shown = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+        click.echo(f"{key:<18} {shown}")
+
+
+@main.command("eval")
+@click.option("--checkpoint", default="default", show_default=True, help="Checkpoint file, or 'default'.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), help="AVSBench / SynthAVS root.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--synthetic", is_flag=True, help="Generate the SynthAVS test split in memory instead of --data.")
+@click.option("--mode", type=click.Choice(["s4", "ms3"]), default="s4", show_default=True)
+@click.option("--seed", default=1000, show_default=True, help="SynthAVS seed (--synthetic).")
+@click.option("--clips", default=100, show_default=True, help="Clips to generate (--synthetic).")
+@click.option("--open-set", is_flag=True, help="SynthAVS open-set split: report seen / unseen categories.")
+@click.option("--size", type=int, default=None, help="Input size (default: the model's).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the metrics here.")
+@click.option("--overlays", type=click.Path(file_okay=False), help="Write frame | GT | prediction PNGs here.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, size, device, json_out,
+             overlays, quiet):
+    """Evaluate a checkpoint: mIoU, F-score (AVSBench), dataset mIoU, audio_swap (SynthAVS)."""
+    if bool(data) == synthetic:
+        _fail("give exactly one of --data DIR or --synthetic")
+    from autr.checkpoint import CheckpointError, load_model
+
+    try:
+        model = load_model(checkpoint, device)
+    except (CheckpointError, RuntimeError) as exc:
+        _fail(str(exc))
+    from autr import evaluation
+
+    size = size or model.cfg.image_size
+    if synthetic:
+        result = evaluation.evaluate_synthetic(model, mode, seed, clips, size, device, open_set, overlays,
+                                               progress=not quiet)
+    else:
+        try:
+            result = evaluation.evaluate_dataset(model, data, mode, split, size, device, overlays,
+                                                 progress=not quiet)
+        except (OSError, ValueError) as exc:
+            _fail(str(exc))
+    _print_metrics(result)
+    if json_out:
+        record = {"checkpoint": str(checkpoint), "mode": mode, "size": size,
+                  "source": {"synthetic": {"seed": seed, "clips": clips, "open_set": open_set}} if synthetic
+                  else {"data": data, "split": split}, **result}
+        with open(json_out, "w") as f:
+            json.dump(record, f, indent=2)
+        click.echo(f"wrote {json_out}")
+
+
+@main.command()
+@click.option("--checkpoint", default="default", show_default=True,
+              help="Checkpoint file, 'default', or 'untrained' (a freshly initialised small model).")
+@click.option("--seed", default=7, show_default=True, help="Which synthetic scene to play.")
+@click.option("--out", default="autr-demo", show_default=True, type=click.Path(file_okay=False))
+def demo(checkpoint, seed, out):
+    """Segment the sounding object in a synthetic scene with a silent distractor, and show it."""
+    from autr.checkpoint import CheckpointError, load_model
+
+    if checkpoint == "untrained":
+        from autr.model import build_model
+
+        model = build_model("small", seed=0).eval()
+        click.secho("note: untrained weights — the masks show the pipeline, not a trained model", fg="yellow")
+    else:
+        try:
+            model = load_model(checkpoint)
+        except CheckpointError as exc:
+            _fail(f"{exc}\n      or run `autr demo --checkpoint untrained` to see the pipeline with random weights")
+    from autr.demo import run_demo
+
+    summary = run_demo(model, seed=seed, out=out)
+    click.echo(summary)
+
+
 if __name__ == "__main__":
     main()
