@@ -43,5 +43,9 @@ demo: install
 presets: install
 	$(BIN)/autr presets --measure
 
+# The MSDA kernel for sm_80/86/89/90, plus the TensorRT plugin when TRT_INCLUDE names TensorRT's include/.
+plugins: install
+	$(BIN)/python -m autr.plugins build $(if $(TRT_INCLUDE),--trt-include $(TRT_INCLUDE),--kernel-only)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

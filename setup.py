@@ -34,7 +34,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"autr": ["assets/*"], "autr.plugins": ["csrc/*", "trt/*", "CMakeLists.txt", "README.md"]},
+    package_data={"autr": ["assets/*"], "autr.plugins": ["csrc/*", "csrc/emulation/*", "trt/*", "CMakeLists.txt", "README.md"]},
     install_requires=[
         "numpy>=1.24",
         "click>=8.1",

@@ -1,0 +1,432 @@
+"""Build the MSDA CUDA kernel and the TensorRT plugin library; locate and hash the built library.
+
+Only the standard library is used here (no torch): the runtime imports `library_path()` and
+`library_hash()` from this module.
+
+Artifacts:
+- ``ms_deform_attn.o``: the kernel compiled for sm_80/86/89/90 (+ compute_90 PTX), the compile check.
+- ``libautr_trt_plugin.so``: kernel + TensorRT IPluginV3 ``AutrMSDeformAttn`` v1, exporting
+  ``getCreators`` / ``setLoggerFinder``. Built with nvcc alone (no CMake, no TensorRT libraries: the
+  plugin only uses TensorRT's interface classes), CUDA runtime linked statically.
+
+Library lookup (``library_path()``), first hit wins:
+1. ``$AUTR_TRT_PLUGIN`` (path of the .so; an error if set but missing),
+2. ``<this package>/lib/libautr_trt_plugin.so`` (a wheel or an in-tree build may ship it there),
+3. ``default_build_dir()/libautr_trt_plugin.so``, where ``python -m autr.plugins build`` writes:
+   ``$AUTR_PLUGIN_DIR``, else ``$XDG_CACHE_HOME/autr/plugins``, else ``~/.cache/autr/plugins``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import BuildError, PluginLibraryNotFound
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CSRC_DIR = PACKAGE_DIR / "csrc"
+TRT_DIR = PACKAGE_DIR / "trt"
+KERNEL_SOURCE = CSRC_DIR / "ms_deform_attn.cu"
+KERNEL_SOURCES = (
+    CSRC_DIR / "ms_deform_attn.h",
+    CSRC_DIR / "ms_deform_attn.cuh",
+    CSRC_DIR / "ms_deform_attn.cu",
+)
+PLUGIN_SOURCE = TRT_DIR / "ms_deform_attn_plugin.cpp"
+PLUGIN_HEADER = TRT_DIR / "ms_deform_attn_plugin.h"
+LIBRARY_NAME = "libautr_trt_plugin.so"
+KERNEL_OBJECT_NAME = "ms_deform_attn.o"
+
+DEFAULT_ARCHS: tuple[str, ...] = ("80", "86", "89", "90")
+
+PLUGIN_ENV = "AUTR_TRT_PLUGIN"  # explicit path of libautr_trt_plugin.so
+PLUGIN_DIR_ENV = "AUTR_PLUGIN_DIR"  # where builds go / are looked up
+TRT_INCLUDE_ENV = "AUTR_TRT_INCLUDE"  # TensorRT include directory
+
+BUILD_HINT = (
+    "build it with `python -m autr.plugins build --trt-include /path/to/TensorRT/include` "
+    f"(or point ${PLUGIN_ENV} at an existing {LIBRARY_NAME})"
+)
+
+
+# --------------------------------------------------------------------------------------- locations
+
+
+def default_build_dir() -> Path:
+    """Directory where builds are written and looked up (created on demand by the builders)."""
+    env = os.environ.get(PLUGIN_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "autr" / "plugins"
+
+
+def _library_candidates() -> list[Path]:
+    return [PACKAGE_DIR / "lib" / LIBRARY_NAME, default_build_dir() / LIBRARY_NAME]
+
+
+def library_path() -> Path:
+    """Path of the built TensorRT plugin library; raises PluginLibraryNotFound saying how to build it."""
+    env = os.environ.get(PLUGIN_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if path.is_file():
+            return path.resolve()
+        raise PluginLibraryNotFound(f"${PLUGIN_ENV}={env} does not exist; unset it or {BUILD_HINT}")
+    candidates = _library_candidates()
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    searched = ", ".join(str(p) for p in candidates)
+    raise PluginLibraryNotFound(f"{LIBRARY_NAME} not found (searched {searched}); {BUILD_HINT}")
+
+
+find_plugin_library = library_path
+
+
+def library_hash(path: str | os.PathLike | None = None) -> str:
+    """sha256 (hex) of the plugin library (default: `library_path()`), for the engine cache key."""
+    target = Path(path) if path is not None else library_path()
+    digest = hashlib.sha256()
+    with open(target, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sources_hash() -> str:
+    """sha256 of the kernel/plugin sources (identifies a build configuration)."""
+    digest = hashlib.sha256()
+    for path in (*KERNEL_SOURCES, PLUGIN_HEADER, PLUGIN_SOURCE, CSRC_DIR / "torch_binding.cpp"):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------- tools
+
+
+def find_nvcc(nvcc: str | os.PathLike | None = None) -> str:
+    """Locate nvcc: argument, $CUDACXX, $CUDA_HOME/$CUDA_PATH, PATH, /usr/local/cuda."""
+    if nvcc:
+        path = Path(nvcc)
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        found = shutil.which(str(nvcc)) if os.sep not in str(nvcc) else None
+        if found:
+            return found
+        raise BuildError(f"nvcc not found at {nvcc}")
+    candidates: list[str] = []
+    if os.environ.get("CUDACXX"):
+        candidates.append(os.environ["CUDACXX"])
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
+        if os.environ.get(var):
+            candidates.append(str(Path(os.environ[var]) / "bin" / "nvcc"))
+    which = shutil.which("nvcc")
+    if which:
+        candidates.append(which)
+    candidates.append("/usr/local/cuda/bin/nvcc")
+    for cand in candidates:
+        if os.sep not in cand:
+            resolved = shutil.which(cand)
+        else:
+            resolved = cand if Path(cand).is_file() and os.access(cand, os.X_OK) else None
+        if resolved:
+            return resolved
+    raise BuildError(
+        "nvcc (the CUDA compiler) was not found: install the CUDA toolkit (11.8 or newer for sm_90) "
+        "and put it on PATH, or set CUDA_HOME / CUDACXX"
+    )
+
+
+def nvcc_version(nvcc: str) -> str:
+    """'13.0' style release of an nvcc binary ('' when it cannot be read)."""
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else ""
+
+
+def parse_archs(archs: str | Iterable[str] | None) -> tuple[str, ...]:
+    """'80,86' / ['8.0', 'sm_86'] -> ('80', '86')."""
+    if archs is None:
+        return DEFAULT_ARCHS
+    items = archs.replace(";", ",").split(",") if isinstance(archs, str) else list(archs)
+    out = []
+    for item in items:
+        item = str(item).strip().lower().removeprefix("sm_").removeprefix("compute_").replace(".", "")
+        if not item:
+            continue
+        if not item.isdigit():
+            raise BuildError(f"invalid CUDA architecture {item!r}; use e.g. 80,86,89,90")
+        out.append(item)
+    if not out:
+        raise BuildError("no CUDA architecture given")
+    return tuple(dict.fromkeys(out))
+
+
+def gencode_flags(archs: Sequence[str], ptx: bool = True) -> list[str]:
+    """-gencode flags: SASS for every arch, plus PTX of the newest one (JIT on newer GPUs)."""
+    flags = []
+    archs = parse_archs(archs)
+    for i, arch in enumerate(archs):
+        code = f"sm_{arch}"
+        if ptx and i == len(archs) - 1:
+            code = f"[sm_{arch},compute_{arch}]"
+        flags += ["-gencode", f"arch=compute_{arch},code={code}"]
+    return flags
+
+
+def find_trt_include(explicit: str | os.PathLike | None = None) -> Path | None:
+    """TensorRT include dir: argument, $AUTR_TRT_INCLUDE, $TensorRT_ROOT/include, system locations."""
+    candidates: list[Path] = []
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not (path / "NvInferRuntime.h").is_file():
+            raise BuildError(f"{path} does not contain NvInferRuntime.h (expected the TensorRT include directory)")
+        return path.resolve()
+    if os.environ.get(TRT_INCLUDE_ENV):
+        candidates.append(Path(os.environ[TRT_INCLUDE_ENV]).expanduser())
+    for var in ("TensorRT_ROOT", "TENSORRT_ROOT", "TRT_ROOT"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]).expanduser() / "include")
+    candidates += [
+        Path("/usr/include/x86_64-linux-gnu"),
+        Path("/usr/include/aarch64-linux-gnu"),
+        Path("/usr/local/TensorRT/include"),
+        Path("/opt/tensorrt/include"),
+        Path("/usr/include"),
+    ]
+    for path in candidates:
+        if (path / "NvInferRuntime.h").is_file():
+            return path.resolve()
+    return None
+
+
+def trt_version(include_dir: str | os.PathLike) -> str:
+    """TensorRT version 'MAJOR.MINOR.PATCH' declared by include_dir/NvInferVersion.h."""
+    text = (Path(include_dir) / "NvInferVersion.h").read_text(errors="replace")
+    defines = dict(re.findall(r"^\s*#\s*define\s+(\w+)\s+(\w+)", text, flags=re.M))
+
+    def resolve(name: str) -> str:
+        value, seen = defines.get(name, ""), set()
+        while value in defines and value not in seen:
+            seen.add(value)
+            value = defines[value]
+        return value
+
+    parts = [resolve(f"NV_TENSORRT_{p}") for p in ("MAJOR", "MINOR", "PATCH")]
+    if not all(p.isdigit() for p in parts):
+        raise BuildError(f"cannot read the TensorRT version from {include_dir}/NvInferVersion.h")
+    return ".".join(parts)
+
+
+def _run(cmd: Sequence[str], verbose: bool) -> None:
+    cmd = [str(c) for c in cmd]
+    if verbose:
+        print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if verbose and (proc.stdout or proc.stderr):
+        print(proc.stdout + proc.stderr, flush=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise BuildError(f"command failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def _atomic_move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+# --------------------------------------------------------------------------------------- builders
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    archs: tuple[str, ...]
+    nvcc: str
+    nvcc_version: str
+    kernel_object: Path | None = None
+    library: Path | None = None
+    trt_include: Path | None = None
+    trt_version: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"nvcc {self.nvcc_version or '?'} ({self.nvcc}), archs sm_{', sm_'.join(self.archs)}"]
+        if self.kernel_object:
+            found = ", ".join(sorted(fatbin_archs(self.kernel_object)))
+            lines.append(f"kernel object : {self.kernel_object} [{found}]")
+        if self.library:
+            lines.append(f"TRT plugin    : {self.library} (TensorRT {self.trt_version} headers: {self.trt_include})")
+            lines.append(f"sha256        : {library_hash(self.library)}")
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def _common_nvcc_flags() -> list[str]:
+    return ["-std=c++17", "-O3", "--threads", "0", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-I", str(CSRC_DIR)]
+
+
+def _kernel_command(nvcc: str, archs, output: Path) -> list:
+    return [nvcc, *_common_nvcc_flags(), *gencode_flags(parse_archs(archs)), "-c", KERNEL_SOURCE, "-o", output]
+
+
+def compile_kernel(
+    out_dir: str | os.PathLike | None = None,
+    archs: str | Iterable[str] | None = None,
+    nvcc: str | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Compile ms_deform_attn.cu (one translation unit) for the given archs; returns the .o path."""
+    nvcc = find_nvcc(nvcc)
+    out = Path(out_dir) if out_dir is not None else default_build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / KERNEL_OBJECT_NAME
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp_obj = Path(tmp) / KERNEL_OBJECT_NAME
+        _run(_kernel_command(nvcc, archs, tmp_obj), verbose)
+        _atomic_move(tmp_obj, target)
+    return target
+
+
+def build_trt_plugin(
+    trt_include: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    archs: str | Iterable[str] | None = None,
+    nvcc: str | None = None,
+    kernel_object: str | os.PathLike | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Build libautr_trt_plugin.so (kernel + plugin); reuses `kernel_object` when given."""
+    nvcc = find_nvcc(nvcc)
+    include = find_trt_include(trt_include)
+    out = Path(out_dir) if out_dir is not None else default_build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp_dir = Path(tmp)
+        if kernel_object is None:
+            kernel_object = tmp_dir / KERNEL_OBJECT_NAME
+            _run(_kernel_command(nvcc, archs, kernel_object), verbose)
+        plugin_obj = tmp_dir / "ms_deform_attn_plugin.o"
+        _run(
+            [nvcc, *_common_nvcc_flags(), "-isystem", include, "-Xcompiler", "-Wall",
+             "-c", PLUGIN_SOURCE, "-o", plugin_obj],
+            verbose,
+        )
+        tmp_lib = tmp_dir / LIBRARY_NAME
+        _run(
+            [
+                nvcc, "-shared", "-o", tmp_lib, plugin_obj, kernel_object,
+                "-Xlinker", "--no-undefined", "-Xlinker", "--exclude-libs,ALL",
+            ],
+            verbose,
+        )
+        target = out / LIBRARY_NAME
+        _atomic_move(tmp_lib, target)
+    return target
+
+
+def build_all(
+    out_dir: str | os.PathLike | None = None,
+    trt_include: str | os.PathLike | None = None,
+    kernel_only: bool = False,
+    archs: str | Iterable[str] | None = None,
+    nvcc: str | None = None,
+    verbose: bool = False,
+) -> BuildResult:
+    """Kernel compile check, and the TensorRT plugin library when TensorRT headers are available."""
+    nvcc = find_nvcc(nvcc)
+    archs = parse_archs(archs)
+    out = Path(out_dir) if out_dir is not None else default_build_dir()
+    result = BuildResult(out_dir=out, archs=archs, nvcc=nvcc, nvcc_version=nvcc_version(nvcc))
+    result.kernel_object = compile_kernel(out, archs, nvcc, verbose)
+    if kernel_only:
+        return result
+    include = find_trt_include(trt_include)
+    if include is None:
+        result.notes.append(
+            "TensorRT headers not found: only the kernel was compiled. Pass --trt-include DIR "
+            f"(or set ${TRT_INCLUDE_ENV}) to build {LIBRARY_NAME}."
+        )
+        return result
+    result.trt_include = include
+    result.trt_version = trt_version(include)
+    result.library = build_trt_plugin(include, out, archs, nvcc, result.kernel_object, verbose)
+    return result
+
+
+# --------------------------------------------------------------------------------------- inspection
+
+
+_FATBIN_MAGIC = 0xBA55ED50
+_FATBIN_KIND = {1: "compute", 2: "sm"}
+
+
+def _elf_section(data: bytes, name: str) -> bytes | None:
+    """Contents of a named section of a little-endian ELF64 file (None when absent)."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    e_shoff, = struct.unpack_from("<Q", data, 0x28)
+    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if e_shoff == 0 or e_shnum == 0:
+        return None
+
+    def header(i: int) -> tuple[int, int, int, int]:
+        base = e_shoff + i * e_shentsize
+        sh_name, sh_type = struct.unpack_from("<II", data, base)
+        sh_offset, sh_size = struct.unpack_from("<QQ", data, base + 0x18)
+        return sh_name, sh_type, sh_offset, sh_size
+
+    _, _, str_off, str_size = header(e_shstrndx)
+    strtab = data[str_off : str_off + str_size]
+    for i in range(e_shnum):
+        sh_name, sh_type, off, size = header(i)
+        end = strtab.find(b"\0", sh_name)
+        if strtab[sh_name:end].decode(errors="replace") == name and sh_type != 8:  # 8 = SHT_NOBITS
+            return data[off : off + size]
+    return None
+
+
+def fatbin_archs(path: str | os.PathLike) -> set[str]:
+    """Device code embedded in an object / shared library / .fatbin: {'sm_80', ..., 'compute_90'}.
+
+    Reads the `.nv_fatbin` ELF section (or a raw fatbin) and walks the fatbin entry headers
+    (kind 2 = SASS cubin, 1 = PTX; the target architecture sits at byte 28 of each entry header),
+    so no `cuobjdump` is needed.
+    """
+    data = Path(path).read_bytes()
+    blob = _elf_section(data, ".nv_fatbin")
+    if blob is None:
+        blob = data
+    found: set[str] = set()
+    pos = 0
+    while pos + 16 <= len(blob):
+        magic, _version, header_size, fat_size = struct.unpack_from("<IHHQ", blob, pos)
+        if magic != _FATBIN_MAGIC:
+            # fatbins are 8-byte aligned inside the section; skip padding
+            pos += 8
+            continue
+        entry = pos + header_size
+        end = entry + fat_size
+        while entry + 32 <= end:
+            kind, _ver, entry_header, payload = struct.unpack_from("<HHIQ", blob, entry)
+            (arch,) = struct.unpack_from("<I", blob, entry + 28)
+            if kind in _FATBIN_KIND and arch:
+                found.add(f"{_FATBIN_KIND[kind]}_{arch}")
+            if entry_header == 0:
+                break
+            entry += entry_header + payload
+        pos = end
+    return found

@@ -1,0 +1,68 @@
+// AuTR multi-scale deformable attention (MSDA): host-side API of the CUDA kernels.
+//
+// This header is plain C++ (no CUDA device code), so it can be included by the PyTorch binding
+// (compiled by the host compiler) and by the TensorRT plugin alike. The kernels themselves live in
+// ms_deform_attn.cuh and are instantiated once, in ms_deform_attn.cu.
+//
+// Semantics (see DESIGN.md, "MSDA op contract"), all tensors contiguous, row-major:
+//   value               [N, S, M, D]        S = sum_l H_l * W_l
+//   spatial_shapes      [L, 2]   int32      (H_l, W_l)
+//   level_start_index   [L]      int32      offset of level l along S
+//   sampling_locations  [N, Lq, M, L, P, 2] (x, y), normalised to [0, 1]
+//   attention_weights   [N, Lq, M, L, P]
+//   output              [N, Lq, M * D]
+// out[n, q, m*D + d] = sum_{l,p} w[n,q,m,l,p] * bilinear(value[n, level l, m, d], x*W_l - 0.5, y*H_l - 0.5)
+// with zero contribution from map corners that fall outside the level (grid_sample semantics,
+// align_corners=False, padding_mode="zeros").
+//
+// Index tensors are int32 on the device (TensorRT gives int32; the PyTorch binding converts its int64
+// tensors before calling). Every tensor must have fewer than 2^31 elements (checked here).
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace autr
+{
+namespace msda
+{
+
+enum class DataType : int32_t
+{
+    kFloat32 = 0,
+    kFloat16 = 1, // forward only
+    kFloat64 = 2,
+};
+
+struct Problem
+{
+    int64_t N{0};  // batch
+    int64_t S{0};  // flattened spatial size of all levels
+    int64_t M{0};  // heads
+    int64_t D{0};  // channels per head
+    int64_t L{0};  // levels
+    int64_t P{0};  // points per level
+    int64_t Lq{0}; // queries
+};
+
+// Returns cudaErrorInvalidValue for inconsistent/oversized problems, otherwise the launch status.
+// Forward supports kFloat32, kFloat16 and kFloat64; value, sampling_locations, attention_weights and
+// output all have the given type. Asynchronous on `stream`.
+cudaError_t forward(DataType type, Problem const& problem, void const* value, int32_t const* spatial_shapes,
+    int32_t const* level_start_index, void const* sampling_locations, void const* attention_weights, void* output,
+    cudaStream_t stream);
+
+// Backward for kFloat32 and kFloat64 (kFloat16 returns cudaErrorNotSupported: callers upcast).
+// grad_value is zeroed on `stream` and then accumulated with atomicAdd; grad_sampling_locations and
+// grad_attention_weights are fully written (no initialisation needed).
+cudaError_t backward(DataType type, Problem const& problem, void const* value, int32_t const* spatial_shapes,
+    int32_t const* level_start_index, void const* sampling_locations, void const* attention_weights,
+    void const* grad_output, void* grad_value, void* grad_sampling_locations, void* grad_attention_weights,
+    cudaStream_t stream);
+
+// Channels per thread the forward kernel would use for this problem (1, 2, 4 or 8); exposed for
+// benchmarks and tests. Returns 0 for an unsupported type.
+int32_t forwardVectorWidth(DataType type, int64_t D, void const* value, void const* output);
+
+} // namespace msda
+} // namespace autr

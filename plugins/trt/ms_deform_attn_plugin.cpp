@@ -1,0 +1,346 @@
+// TensorRT IPluginV3 wrapper of the AuTR MSDA kernel. See ms_deform_attn_plugin.h for the contract.
+#include "ms_deform_attn_plugin.h"
+
+#include "ms_deform_attn.h" // plugins/csrc: the one kernel source
+
+#include <climits>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <string>
+
+using namespace nvinfer1;
+
+namespace autr
+{
+namespace trt
+{
+namespace
+{
+
+constexpr int32_t kNB_INPUTS = 5;
+constexpr int32_t kNB_OUTPUTS = 1;
+constexpr int32_t kEXPECTED_RANK[kNB_INPUTS] = {4, 2, 1, 6, 5};
+
+class LoggerFinderHolder
+{
+public:
+    void set(ILoggerFinder* finder)
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        if (mFinder == nullptr && finder != nullptr)
+        {
+            mFinder = finder;
+        }
+    }
+    ILogger* logger()
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        return mFinder != nullptr ? mFinder->findLogger() : nullptr;
+    }
+
+private:
+    std::mutex mMutex;
+    ILoggerFinder* mFinder{nullptr};
+};
+
+LoggerFinderHolder& loggerFinder()
+{
+    static LoggerFinderHolder holder;
+    return holder;
+}
+
+void logError(std::string const& msg) noexcept
+{
+    try
+    {
+        if (ILogger* logger = loggerFinder().logger())
+        {
+            std::string const full = std::string(kPLUGIN_NAME) + ": " + msg;
+            logger->log(ILogger::Severity::kERROR, full.c_str());
+        }
+    }
+    catch (...)
+    {
+    }
+}
+
+bool ranksOk(int32_t nbInputs, int32_t const* ranks)
+{
+    if (nbInputs != kNB_INPUTS)
+    {
+        return false;
+    }
+    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    {
+        if (ranks[i] != kEXPECTED_RANK[i])
+        {
+            return false;
+        }
+    }
+    return true;
+}
+
+template <typename Desc>
+bool descRanksOk(Desc const* in, int32_t nbInputs, int32_t nbOutputs, int32_t (*rank)(Desc const&))
+{
+    if (in == nullptr || nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+    {
+        return false;
+    }
+    int32_t ranks[kNB_INPUTS];
+    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    {
+        ranks[i] = rank(in[i]);
+    }
+    return ranksOk(nbInputs, ranks);
+}
+
+int32_t dynRank(DynamicPluginTensorDesc const& d)
+{
+    return d.desc.dims.nbDims;
+}
+int32_t staticRank(PluginTensorDesc const& d)
+{
+    return d.dims.nbDims;
+}
+
+} // namespace
+
+// ------------------------------------------------------------------------------------------------ plugin
+
+IPluginCapability* MSDeformAttnPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* MSDeformAttnPlugin::clone() noexcept
+{
+    try
+    {
+        return new MSDeformAttnPlugin(*this);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("clone failed: ") + e.what());
+    }
+    return nullptr;
+}
+
+char const* MSDeformAttnPlugin::getPluginName() const noexcept
+{
+    return kPLUGIN_NAME;
+}
+
+char const* MSDeformAttnPlugin::getPluginVersion() const noexcept
+{
+    return kPLUGIN_VERSION;
+}
+
+char const* MSDeformAttnPlugin::getPluginNamespace() const noexcept
+{
+    return kPLUGIN_NAMESPACE;
+}
+
+int32_t MSDeformAttnPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
+{
+    if (!descRanksOk(in, nbInputs, nbOutputs, &dynRank) || out == nullptr || out[0].desc.dims.nbDims != 3)
+    {
+        logError("configurePlugin: expected inputs of rank 4, 2, 1, 6, 5 and one output of rank 3");
+        return 1;
+    }
+    return 0;
+}
+
+int32_t MSDeformAttnPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (outputTypes == nullptr || inputTypes == nullptr || nbOutputs != kNB_OUTPUTS || nbInputs != kNB_INPUTS)
+    {
+        return 1;
+    }
+    outputTypes[0] = inputTypes[0];
+    return 0;
+}
+
+int32_t MSDeformAttnPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
+    int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
+{
+    if (inputs == nullptr || outputs == nullptr || nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+    {
+        return 1;
+    }
+    int32_t ranks[kNB_INPUTS];
+    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    {
+        ranks[i] = inputs[i].nbDims;
+    }
+    if (!ranksOk(nbInputs, ranks))
+    {
+        logError("getOutputShapes: expected value [N,S,M,D], spatial_shapes [L,2], level_start_index [L], "
+                 "sampling_locations [N,Lq,M,L,P,2], attention_weights [N,Lq,M,L,P]");
+        return 1;
+    }
+    // output [N, Lq, M * D]: N and Lq from sampling_locations, M * D from value.
+    IDimensionExpr const* md = exprBuilder.operation(DimensionOperation::kPROD, *inputs[0].d[2], *inputs[0].d[3]);
+    if (md == nullptr)
+    {
+        return 1;
+    }
+    outputs[0].nbDims = 3;
+    outputs[0].d[0] = inputs[3].d[0];
+    outputs[0].d[1] = inputs[3].d[1];
+    outputs[0].d[2] = md;
+    return 0;
+}
+
+bool MSDeformAttnPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (inOut == nullptr || nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || pos < 0
+        || pos >= kNB_INPUTS + kNB_OUTPUTS)
+    {
+        return false;
+    }
+    PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    switch (pos)
+    {
+    case 0: return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
+    case 1:
+    case 2: return desc.type == DataType::kINT32;
+    default: return desc.type == inOut[0].desc.type; // locations, weights, output follow value
+    }
+}
+
+int32_t MSDeformAttnPlugin::getNbOutputs() const noexcept
+{
+    return kNB_OUTPUTS;
+}
+
+size_t MSDeformAttnPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
+    DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
+{
+    return 0;
+}
+
+int32_t MSDeformAttnPlugin::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out, int32_t nbOutputs) noexcept
+{
+    if (!descRanksOk(in, nbInputs, nbOutputs, &staticRank) || out == nullptr || out[0].dims.nbDims != 3)
+    {
+        logError("onShapeChange: unexpected input/output ranks");
+        return 1;
+    }
+    return 0;
+}
+
+int32_t MSDeformAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+    void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
+{
+    if (inputDesc == nullptr || outputDesc == nullptr || inputs == nullptr || outputs == nullptr)
+    {
+        return 1;
+    }
+    Dims const& v = inputDesc[0].dims;   // [N, S, M, D]
+    Dims const& loc = inputDesc[3].dims; // [N, Lq, M, L, P, 2]
+    autr::msda::Problem problem;
+    problem.N = v.d[0];
+    problem.S = v.d[1];
+    problem.M = v.d[2];
+    problem.D = v.d[3];
+    problem.L = inputDesc[1].dims.d[0];
+    problem.Lq = loc.d[1];
+    problem.P = loc.d[4];
+    if (loc.d[0] != problem.N || loc.d[2] != problem.M || loc.d[3] != problem.L)
+    {
+        logError("enqueue: sampling_locations shape does not match value / spatial_shapes");
+        return 1;
+    }
+    autr::msda::DataType const type
+        = inputDesc[0].type == DataType::kHALF ? autr::msda::DataType::kFloat16 : autr::msda::DataType::kFloat32;
+    cudaError_t const err = autr::msda::forward(type, problem, inputs[0], static_cast<int32_t const*>(inputs[1]),
+        static_cast<int32_t const*>(inputs[2]), inputs[3], inputs[4], outputs[0], stream);
+    if (err != cudaSuccess)
+    {
+        logError(std::string("enqueue: kernel launch failed: ") + cudaGetErrorString(err));
+        return 1;
+    }
+    return 0;
+}
+
+IPluginV3* MSDeformAttnPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
+{
+    return clone();
+}
+
+PluginFieldCollection const* MSDeformAttnPlugin::getFieldsToSerialize() noexcept
+{
+    return &mSerialized;
+}
+
+// ------------------------------------------------------------------------------------------------ creator
+
+char const* MSDeformAttnPluginCreator::getPluginName() const noexcept
+{
+    return kPLUGIN_NAME;
+}
+
+char const* MSDeformAttnPluginCreator::getPluginVersion() const noexcept
+{
+    return kPLUGIN_VERSION;
+}
+
+char const* MSDeformAttnPluginCreator::getPluginNamespace() const noexcept
+{
+    return kPLUGIN_NAMESPACE;
+}
+
+PluginFieldCollection const* MSDeformAttnPluginCreator::getFieldNames() noexcept
+{
+    return &mFieldNames;
+}
+
+IPluginV3* MSDeformAttnPluginCreator::createPlugin(
+    char const* /*name*/, PluginFieldCollection const* /*fc*/, TensorRTPhase /*phase*/) noexcept
+{
+    // The op has no attributes. Fields the ONNX parser may forward from node attributes are ignored.
+    try
+    {
+        return new MSDeformAttnPlugin();
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("createPlugin failed: ") + e.what());
+    }
+    return nullptr;
+}
+
+} // namespace trt
+} // namespace autr
+
+// ------------------------------------------------------------------------------------------------ library entry points
+
+void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
+{
+    autr::trt::loggerFinder().set(finder);
+}
+
+nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+{
+    static autr::trt::MSDeformAttnPluginCreator sCreator;
+    static nvinfer1::IPluginCreatorInterface* const kCreators[] = {&sCreator};
+    nbCreators = 1;
+    return kCreators;
+}
