@@ -103,3 +103,29 @@ def test_cpu_tensors_use_the_reference_without_warning():
 def test_backend_switch_rejects_unknown_names():
     with pytest.raises(ValueError, match="'auto' or 'reference'"):
         ops.set_backend("triton")
+
+
+def test_cuda_dispatch_falls_back_with_one_warning(monkeypatch):
+    """Where the CUDA extension cannot load (here: no GPU), MSDA warns once and uses the reference."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the extension may load")
+    monkeypatch.setattr(ops, "_cuda_op", None)
+    with pytest.warns(RuntimeWarning, match="python -m autr.plugins build") as record:
+        assert ops._load_cuda_op() is None
+        assert ops._load_cuda_op() is None
+    assert len(record) == 1
+
+
+def test_cuda_dispatch_uses_the_extension_when_it_loads(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("autr.plugins.torch_op")
+    fake.ms_deform_attn_cuda = lambda *args: "kernel"
+    monkeypatch.setitem(sys.modules, "autr.plugins.torch_op", fake)
+    monkeypatch.setattr(ops, "_cuda_op", None)
+    assert ops._load_cuda_op()() == "kernel"
+    monkeypatch.setattr(ops, "_BACKEND", "reference")
+    value, shapes, starts, loc, attn = random_inputs(dtype=torch.float32)
+    torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, attn),
+                               ms_deform_attn_reference(value, shapes, starts, loc, attn))
