@@ -25,7 +25,7 @@ $(VENV)/.installed: setup.py $(wildcard */__init__.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,export,runtime]"
 	touch $@
 
 # The CPU suite (what CI runs). pytest's exit code 5 ("no tests ran") is an error here: the suite is never empty.

@@ -47,7 +47,9 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ninja>=1.11"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ninja>=1.11", "onnxruntime-extensions>=0.15"],
+        "export": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"],
+        "runtime": ["av>=12", "opencv-python-headless>=4.8", "sounddevice>=0.4.6", "onnxruntime>=1.17"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10", "pycuda>=2024.1"],
     },

@@ -88,7 +88,7 @@ def load_checkpoint(path, expect: "AutrConfig | str | None" = None):
     if expect is not None:
         want = get_config(expect)
         diff = {k: (v, getattr(cfg, k)) for k, v in want.to_dict().items()
-                if k not in ("name", "extra", "dropout") and getattr(cfg, k) != v}
+                if k not in ("name", "extra", "dropout", "image_size") and getattr(cfg, k) != v}
         if diff:
             lines = ", ".join(f"{k}: expected {a!r}, checkpoint has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"{path} was trained with another config ({lines})")

@@ -7,13 +7,30 @@ import sys
 import click
 
 
-def _fail(message: str) -> None:
-    """One clear line on stderr, exit status 2, no traceback."""
+def _fail(message: str, code: int = 2) -> None:
+    """One clear line on stderr, exit status `code` (2: bad input), no traceback."""
     click.secho(f"autr: {message}", fg="red", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A group whose commands from the other rooms (`export`, `stream`) are imported only when used."""
+
+    ROOMS = {"export": ("autr.export.cli", "export"), "stream": ("autr.runtime.cli", "stream")}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.ROOMS})
+
+    def get_command(self, ctx, name):
+        if name in self.ROOMS and name not in self.commands:
+            import importlib
+
+            module, attr = self.ROOMS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autr")
 def main():
     """AuTR: segment the objects that make the sound — train, evaluate, export, stream."""
@@ -185,26 +202,35 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
 @main.command()
 @click.option("--checkpoint", default="default", show_default=True,
               help="Checkpoint file, 'default', or 'untrained' (a freshly initialised small model).")
+@click.option("--seconds", default=10.0, show_default=True, help="Length of the live scene.")
+@click.option("--fps", default=15.0, show_default=True, help="Frame rate of the scene.")
 @click.option("--seed", default=7, show_default=True, help="Which synthetic scene to play.")
+@click.option("--threads", type=int, help="ONNX Runtime threads (default: its own choice).")
 @click.option("--out", default="autr-demo", show_default=True, type=click.Path(file_okay=False))
-def demo(checkpoint, seed, out):
-    """Segment the sounding object in a synthetic scene with a silent distractor, and show it."""
-    from autr.checkpoint import CheckpointError, load_model
+def demo(checkpoint, seconds, fps, seed, threads, out):
+    """Stream a synthetic scene (a sounding object, silent distractors) through ONNX Runtime, live.
 
+    Exports the model to OUT/model/ on first use; writes OUT/demo.mp4 (overlay + audio) and
+    OUT/report.json (latency per stage, FPS, drops, IoU with the sounding object).
+    """
+    from autr.checkpoint import CheckpointError
+    from autr.demo import run_demo, summarize
+    from autr.export.errors import ExportError
+    from autr.runtime.errors import StreamError
+
+    if seconds <= 0 or fps <= 0:
+        _fail(f"--seconds and --fps must be positive; got {seconds} and {fps}")
     if checkpoint == "untrained":
-        from autr.model import build_model
-
-        model = build_model("small", seed=0).eval()
         click.secho("note: untrained weights — the masks show the pipeline, not a trained model", fg="yellow")
-    else:
-        try:
-            model = load_model(checkpoint)
-        except CheckpointError as exc:
-            _fail(f"{exc}\n      or run `autr demo --checkpoint untrained` to see the pipeline with random weights")
-    from autr.demo import run_demo
-
-    summary = run_demo(model, seed=seed, out=out)
-    click.echo(summary)
+    try:
+        report = run_demo(checkpoint, out=out, seconds=seconds, fps=fps, seed=seed, threads=threads,
+                          log=lambda m: click.echo(m, err=True))
+    except (CheckpointError, ExportError, StreamError) as exc:
+        _fail(f"{exc}\n      or run `autr demo --checkpoint untrained` to see the pipeline with random weights"
+              if "embedded default" in str(exc) else str(exc))
+    click.echo(summarize(report))
+    if report.get("error"):
+        _fail(report["error"], code=1)
 
 
 if __name__ == "__main__":

@@ -1,57 +1,84 @@
-"""`autr demo`: one synthetic scene — a sounding object and silent distractors — through the model.
+"""`autr demo`: the main job with no camera — a live synthetic scene through the streaming runtime.
 
-Prints, per frame, the sounding score and the IoU of the predicted mask with the object that makes
-the sound and with the largest silent one, and writes `overlay.png` (frames | GT | prediction) and
-`summary.json` to the output folder.
+The checkpoint (the embedded default unless told otherwise) is exported to ONNX once, into
+`OUT/model/` (re-exported only when the checkpoint changes), and its portable graph runs in ONNX
+Runtime on a real-time SynthAVS scene: a sounding object among silent, often larger and brighter,
+distractors. Writes `OUT/demo.mp4` (overlay + the scene's audio) and `OUT/report.json` (latency per
+stage, FPS, drops, and the mean IoU with the sounding object's ground truth), and returns a summary.
 """
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from autr.evaluation import _iou, _resize_nearest, clip_inputs, overlay
+EXPORT_DIR = "model"
 
 
-def run_demo(model, seed: int = 7, out="autr-demo") -> str:
-    from autr.synth import make_clip
+def export_for_demo(checkpoint, out: Path, log=None) -> Path:
+    """`out/model/` holding a T = 1 export of `checkpoint` ("default", a file, or "untrained"); reused when
+    its sidecar names the same checkpoint (sha256) or the same untrained preset."""
+    from autr.checkpoint import file_sha256, resolve_checkpoint
+    from autr.export.onnx_export import export_onnx
+
+    target = out / EXPORT_DIR
+    if checkpoint == "untrained":
+        want, kwargs = {"source": "preset", "preset": "small", "seed": 0}, {"preset": "small", "seed": 0}
+    else:
+        path = resolve_checkpoint(checkpoint)
+        if not path.is_file():
+            from autr.checkpoint import CheckpointError
+
+            raise CheckpointError(f"checkpoint {path} does not exist; pass --checkpoint FILE, or 'default'")
+        want, kwargs = {"sha256": file_sha256(path)}, {"checkpoint": str(path)}
+    sidecar = target / "model.json"
+    if sidecar.is_file():
+        try:
+            have = json.loads(sidecar.read_text()).get("checkpoint", {})
+        except (OSError, ValueError):
+            have = {}
+        if all(have.get(k) == v for k, v in want.items()):
+            return target
+    if log:
+        log(f"exporting the model to ONNX once, into {target}/ ...")
+    export_onnx(target, frames=1, log=None, **kwargs)
+    return target
+
+
+def run_demo(checkpoint="default", out="autr-demo", seconds: float = 10.0, fps: float = 15.0, seed: int = 7,
+             threads: int | None = None, log=None) -> dict:
+    """Stream `seconds` of a synthetic scene at `fps` through ONNX Runtime; returns the runtime's report."""
+    from autr.runtime import Mp4Sink, StreamRunner, SyntheticSource, open_backend, write_report
 
     out = Path(out)
-    size = model.cfg.image_size
-    clip = make_clip(seed, "s4", size)
-    frames, log_mel = clip_inputs(clip, size)
-    model.eval()
-    with torch.inference_mode():
-        model(frames[:1], log_mel[:1])  # warm-up
-        start = time.perf_counter()
-        result = model(frames, log_mel)
-        elapsed = time.perf_counter() - start
-    logits, scores = result["masks"].numpy(), result["scores"].numpy()
-    pred = logits > 0
-    sounding = next(k for k, o in enumerate(clip.objects) if o["sounding"])
-    silent = [k for k, o in enumerate(clip.objects) if not o["sounding"]]
-    biggest = max(silent, key=lambda k: clip.object_masks[k].sum())
-    rows = []
-    for t in range(len(pred)):
-        rows.append({
-            "frame": t, "score": float(scores[t]),
-            "iou_sounding": _iou(pred[t], _resize_nearest(clip.object_masks[sounding, t], size)),
-            "iou_silent": _iou(pred[t], _resize_nearest(clip.object_masks[biggest, t], size)),
-        })
-    overlay(clip.frames, clip.masks, logits, out / "overlay.png")
-    summary = {"model": model.cfg.name, "scene_seed": seed,
-               "sounding": clip.objects[sounding]["category"],
-               "largest_silent": clip.objects[biggest]["category"],
-               "ms_per_frame": elapsed * 1e3 / len(pred), "frames": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"scene {seed}: '{summary['sounding']}' sounds, '{summary['largest_silent']}' is the largest "
-             f"silent object ({model.cfg.name}, {summary['ms_per_frame']:.0f} ms/frame)",
-             f"{'frame':>5} {'score':>7} {'IoU sounding':>13} {'IoU silent':>11}"]
-    lines += [f"{r['frame']:>5} {r['score']:>7.2f} {r['iou_sounding']:>13.3f} {r['iou_silent']:>11.3f}" for r in rows]
-    mean = np.mean([r["iou_sounding"] for r in rows]), np.mean([r["iou_silent"] for r in rows])
-    lines.append(f"mean IoU with the sounding object {mean[0]:.3f}, with the silent one {mean[1]:.3f}")
-    lines.append(f"wrote {out / 'overlay.png'} and {out / 'summary.json'}")
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = export_for_demo(checkpoint, out, log=log)
+    backend = open_backend("ort", model_dir, provider="cpu", threads=threads)
+    try:
+        source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True)
+        source.start()
+        sink = Mp4Sink(out / "demo.mp4")
+        report = StreamRunner(source, backend, sinks=[sink], duration=seconds).run()
+    finally:
+        backend.close()
+    report["demo"] = {"checkpoint": str(checkpoint), "export": str(model_dir), "video": str(sink.path),
+                      "video_frames": sink.frames}
+    write_report(report, out / "report.json")
+    return report
+
+
+def summarize(report: dict) -> str:
+    """A few lines for the terminal."""
+    lat = report["latency_ms"]["end_to_end"]
+    stages = report["latency_ms"]
+    lines = [f"{report['frames']['output']} frames in {report['wall_seconds']:.1f} s: "
+             f"{report['fps']['output']:.1f} windows/s (source {report['fps'].get('captured') or 0:.1f} fps), "
+             f"{report['frames']['dropped']['total']} dropped",
+             f"end to end p50 {lat['p50']:.0f} / p90 {lat['p90']:.0f} / p99 {lat['p99']:.0f} / "
+             f"max {lat['max']:.0f} ms; inference p50 {stages['inference']['p50']:.0f} ms"]
+    gt = report.get("synthetic_gt")
+    if gt:
+        lines.append(f"mean IoU with the sounding object: {gt['mean_iou']:.3f} over {gt['frames_with_sound']} "
+                     "frames with sound")
+    demo = report.get("demo", {})
+    lines.append(f"wrote {demo.get('video')} and {Path(demo.get('video', '.')).parent / 'report.json'}")
     return "\n".join(lines)

@@ -163,8 +163,9 @@ def train(cfg: TrainConfig) -> dict:
         if read_checkpoint(last)[2].get("backbone_frozen"):
             model.visual.freeze()
     else:
+        overrides = {**cfg.overrides, **({"image_size": cfg.size} if cfg.size else {})}
         model = build_model(cfg.preset, seed=cfg.seed, backbone_weights=cfg.backbone_weights,
-                            vggish_weights=cfg.vggish_weights, **cfg.overrides)
+                            vggish_weights=cfg.vggish_weights, **overrides)
         if cfg.init:
             model.load_state_dict(load_checkpoint(cfg.init, expect=model.cfg).state_dict())
     size = cfg.size or model.cfg.image_size

@@ -18,7 +18,17 @@ def test_import_autr_and_cli_do_not_load_torch():
 def test_help_lists_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    assert "presets" in result.output
+    for command in ("presets", "data", "train", "eval", "export", "stream", "demo"):
+        assert f"  {command} " in result.output, command
+
+
+def test_room_commands_load_on_use_and_stay_light():
+    code = ("import sys; from click.testing import CliRunner; from autr.cli import main; "
+            "r = CliRunner().invoke(main, ['stream', '--help']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(main, ['export', 'onnx', '--help']); assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'cv2', 'av') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_presets_table_and_json(tmp_path):

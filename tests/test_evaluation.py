@@ -1,4 +1,4 @@
-"""`autr eval` / `autr demo`: metrics on SynthAVS and datasets, the audio-swap rule, overlays, clear errors."""
+"""`autr eval`: metrics on SynthAVS and datasets, the audio-swap rule, overlays, clear errors."""
 import json
 
 import numpy as np
@@ -105,12 +105,3 @@ def test_eval_cli_json_and_errors(tmp_path):
     assert res.exit_code == 2 and "checkpoint not found" in res.output
     res = runner.invoke(main, ["eval", "--checkpoint", str(ckpt), "--data", str(tmp_path)])
     assert res.exit_code == 2 and "Traceback" not in res.output
-
-
-def test_demo_with_untrained_weights_writes_its_files(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--checkpoint", "untrained", "--out", str(tmp_path)])
-    assert res.exit_code == 0, res.output
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["frames"]) == 5 and summary["sounding"] != summary["largest_silent"]
-    assert (tmp_path / "overlay.png").is_file()
-    assert "untrained weights" in res.output

@@ -1,0 +1,122 @@
+"""`autr export ...`: the click group of the export room (registered by `autr.cli`).
+
+Importing this module is light (click only): every command imports torch / onnx when it runs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+DEFAULT_OPSET = 18  # = autr.export.onnx_export.DEFAULT_OPSET (kept here so --help stays light)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One clear line on stderr, exit status 2, no traceback."""
+    click.secho(f"autr: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _log(quiet: bool):
+    return None if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+@click.group("export")
+def export():
+    """Export to ONNX (plugin + portable graphs), check parity, benchmark."""
+
+
+@export.command("onnx")
+@click.option("--checkpoint", default=None,
+              help="Checkpoint file, or 'default' (the embedded model; the default without --preset).")
+@click.option("--preset", default=None, help="Export an untrained preset instead (for testing the pipeline).")
+@click.option("--seed", default=0, show_default=True, help="Initialisation seed with --preset.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (replaced atomically).")
+@click.option("--frames", "t_max", type=int, default=None,
+              help="T_MAX: the longest clip the graphs accept (1..max_frames; default max_frames).")
+@click.option("--size", type=int, default=None, help="Input size H = W (default: the model's image_size).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--fp16", is_flag=True,
+              help="Also write float16 graphs (model.plugin.fp16.onnx, model.portable.fp16.onnx).")
+@click.option("--skip-check", is_flag=True,
+              help="Skip the parity check against PyTorch (the fp16 error is still measured).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def export_onnx_cmd(checkpoint, preset, seed, out, t_max, size, opset, fp16, skip_check, quiet):
+    """Write DIR/model.plugin.onnx, DIR/model.portable.onnx and the sidecar DIR/model.json."""
+    from autr.export.errors import ExportError
+    from autr.export.onnx_export import export_onnx
+
+    try:
+        sidecar = export_onnx(out, checkpoint=checkpoint, preset=preset, seed=seed, size=size, frames=t_max,
+                              opset=opset, fp16=fp16, check=not skip_check, log=_log(quiet))
+    except ExportError as exc:
+        _fail(str(exc))
+    click.echo(f"{'graph':<15} {'file':<26} {'MiB':>7} {'nodes (exported → final)':>25} {'MSDA':>5}")
+    for kind, rec in sidecar["graphs"].items():
+        n = rec["nodes"]
+        click.echo(f"{kind:<15} {rec['file']:<26} {rec['bytes'] / 2 ** 20:>7.2f} "
+                   f"{str(n['exported']) + ' → ' + str(n['final']):>25} {rec['msda_nodes']:>5}")
+    for kind, rows in (sidecar.get("parity") or {}).items():
+        if isinstance(rows, dict):
+            worst = max(r["max_abs"] for r in rows.values())
+            iou = min(r["iou_min"] for r in rows.values())
+            click.echo(f"parity {kind:<15} max|Δ| logits {worst:.2e}  mask IoU {iou:.5f}  ({', '.join(rows)})")
+        else:
+            click.echo(f"parity {kind:<15} {rows}")
+    click.echo(f"opset {sidecar['opset']}, T 1..{sidecar['frames']['max']}, input {sidecar['input_size'][0]}x"
+               f"{sidecar['input_size'][1]}, {sidecar['export_seconds']:.1f} s; sidecar {out}/model.json")
+
+
+@export.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", default=None, help="Checkpoint to compare with (default: the one in the sidecar).")
+@click.option("--frames", "t", type=int, default=None, help="Only this clip length (default: 1 and T_MAX).")
+@click.option("--runs", default=5, show_default=True, help="Timed runs per latency figure (after one warm-up).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random and SynthAVS clips.")
+@click.option("--no-synth", is_flag=True, help="Skip the SynthAVS clip.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
+def verify_cmd(directory, checkpoint, t, runs, seed, no_synth, json_out):
+    """Run the same clips through PyTorch and the exported graphs in ONNX Runtime; print the agreement."""
+    from autr.export.errors import ExportError
+    from autr.export.verify import format_table, verify_export
+
+    try:
+        result = verify_export(directory, checkpoint=checkpoint, frames=t, runs=runs, seed=seed,
+                               synth=not no_synth)
+    except ExportError as exc:
+        _fail(str(exc))
+    click.echo(format_table(result))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=2)
+        click.echo(f"wrote {json_out}")
+    if not result["ok"]:
+        _fail("parity check failed: an fp32 graph disagrees with PyTorch beyond the limits above", code=1)
+
+
+@export.command("bench")
+@click.option("--preset", default="small", show_default=True, help="Untrained preset to export and time.")
+@click.option("--checkpoint", default=None, help="Time this checkpoint (file or 'default') instead of --preset.")
+@click.option("--size", default=224, show_default=True, help="Input size (H = W).")
+@click.option("--runs", default=10, show_default=True, help="Timed runs per figure (after --warmup runs).")
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
+@click.option("--fp16", is_flag=True, help="Also export (and report) the float16 graphs.")
+@click.option("--threads", type=int, multiple=True,
+              help="Thread count for PyTorch and ONNX Runtime (repeatable; 0 = their defaults; default: 0).")
+@click.option("--out", "json_out", type=click.Path(dir_okay=False),
+              help="Write JSON here (e.g. benchmarks/results/export_cpu.json).")
+def bench_cmd(preset, checkpoint, size, runs, warmup, opset, fp16, threads, json_out):
+    """Export time, file sizes, node counts, ONNX Runtime vs PyTorch CPU latency at T=1 and T=5."""
+    from autr.export.bench import format_bench, run_bench, write_json
+    from autr.export.errors import ExportError
+
+    try:
+        result = run_bench(preset=preset, checkpoint=checkpoint, size=size, runs=runs, warmup=warmup, opset=opset, fp16=fp16,
+                           threads=tuple(t or None for t in threads) or (None,), log=_log(False))
+    except ExportError as exc:
+        _fail(str(exc))
+    click.echo(format_bench(result))
+    if json_out:
+        click.echo(f"wrote {write_json(result, json_out)}")

@@ -1,0 +1,360 @@
+"""ONNX graph passes of the export: simplification, opset down-conversion, MSDA decomposition, checks.
+
+Everything here works on `onnx.ModelProto` and numpy; nothing imports torch.
+
+* `simplify` — after onnxscript's optimizer (constant folding, dead code, shape-op folding) the
+  exporter's graph still holds multi-output `Split`s of weights (onnxscript skips those) and every
+  node's trace metadata. `simplify` folds those splits into initializers, drops the metadata, merges
+  identical initializers, names the MSDA index constants and removes what is left unused.
+* `convert_opset` — the trace is at opset 18; newer opsets come from onnx's version converter, and
+  opset 17 from `to_opset17`: the converter too, except `Split` (no 18 -> 17 adapter), which is
+  set aside and rewritten by hand.
+* `decompose_msda` — the portable graph: every `autr::AutrMSDeformAttn` node becomes the
+  grid_sample formulation of `autr.ops.ms_deform_attn_reference` in standard ops (GridSample with
+  the opset's name for bilinear: "bilinear" before opset 20, "linear" from 20 on).
+* `check` — `onnx.checker.check_model(full_check=True)` plus strict shape inference.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from autr.export import msda
+from autr.export.errors import ExportError
+
+SPATIAL_SHAPES_NAME = "msda_spatial_shapes"
+LEVEL_START_NAME = "msda_level_start_index"
+
+
+# ----------------------------------------------------------------------------------- helpers
+def opset_of(model: onnx.ModelProto, domain: str = "") -> int | None:
+    for o in model.opset_import:
+        if o.domain in ((domain,) if domain else ("", "ai.onnx")):
+            return o.version
+    return None
+
+
+def op_counts(model: onnx.ModelProto) -> dict:
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _initializers(model) -> dict:
+    return {i.name: i for i in model.graph.initializer}
+
+
+def _unique_namer(model):
+    used = {n.name for n in model.graph.node} | {o for n in model.graph.node for o in n.output}
+    used |= {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        return name
+
+    return fresh
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+# ----------------------------------------------------------------------------------- simplify
+def fold_constant_splits(model: onnx.ModelProto) -> int:
+    """Replace every Split of an initializer (with constant split sizes) by initializers."""
+    inits = _initializers(model)
+    keep, folded = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Split" and node.domain in ("", "ai.onnx") and node.input[0] in inits and (
+                len(node.input) < 2 or node.input[1] == "" or node.input[1] in inits):
+            data = numpy_helper.to_array(inits[node.input[0]])
+            axis = _attr(node, "axis", 0) % data.ndim
+            if len(node.input) > 1 and node.input[1]:
+                sizes = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64).tolist()
+            else:
+                n_out = _attr(node, "num_outputs", len(node.output))
+                chunk = -(-data.shape[axis] // n_out)
+                sizes = [min(chunk, data.shape[axis] - k * chunk) for k in range(n_out)]
+            bounds = np.cumsum([0] + sizes)
+            for k, out in enumerate(node.output):
+                if out:
+                    piece = np.take(data, np.arange(bounds[k], bounds[k + 1]), axis=axis)
+                    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(piece), out))
+            folded += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return folded
+
+
+def strip_metadata(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    model.graph.doc_string = ""
+
+
+def dedupe_initializers(model: onnx.ModelProto) -> int:
+    """Merge byte-identical initializers (same dtype, shape and data) into one."""
+    seen, rename, keep = {}, {}, []
+    for init in model.graph.initializer:
+        key = (init.data_type, tuple(init.dims),
+               hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
+        if key in seen:
+            rename[init.name] = seen[key]
+        else:
+            seen[key] = init.name
+            keep.append(init)
+    if rename:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        _rename_inputs(model, rename)
+    return len(rename)
+
+
+def _rename_inputs(model, rename: dict) -> None:
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for out in model.graph.output:
+        if out.name in rename:  # never happens for our graphs; kept for safety
+            raise ExportError(f"cannot rename graph output {out.name}")
+
+
+def name_msda_constants(model: onnx.ModelProto) -> None:
+    """Give the (shared) int32 index constants of the MSDA nodes readable names."""
+    inits = _initializers(model)
+    rename = {}
+    for node in model.graph.node:
+        if node.op_type == msda.OP_TYPE and node.domain == msda.DOMAIN:
+            for idx, want in ((1, SPATIAL_SHAPES_NAME), (2, LEVEL_START_NAME)):
+                name = node.input[idx]
+                if name in inits and name not in rename and name != want and want not in inits:
+                    rename[name] = want
+    for old, new in rename.items():
+        inits[old].name = new
+    _rename_inputs(model, rename)
+
+
+def remove_unused(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    produced |= {i.name for i in model.graph.initializer}
+    vi = [v for v in model.graph.value_info if v.name in produced]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(vi)
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    fold_constant_splits(model)
+    strip_metadata(model)
+    dedupe_initializers(model)
+    name_msda_constants(model)
+    remove_unused(model)
+    return model
+
+
+# ----------------------------------------------------------------------------------- opsets
+_SPLIT_PLACEHOLDER = "autr.opset_tmp"
+
+
+def to_opset17(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Down-convert an opset-18 graph to opset 17 (Split handled here, the rest by onnx)."""
+    from onnx import version_converter
+
+    if opset_of(model) == 17:
+        return model
+    shapes = _static_shapes(model)
+    for node in model.graph.node:
+        if node.op_type == "Split" and node.domain in ("", "ai.onnx"):
+            n_out = _attr(node, "num_outputs")
+            if n_out is not None and (len(node.input) < 2 or not node.input[1]):
+                shape = shapes.get(node.input[0])
+                axis = _attr(node, "axis", 0)
+                dim = None if shape is None else shape[axis % len(shape)]
+                if dim is None:
+                    raise ExportError(f"cannot write opset 17: Split {node.name} splits a dynamic axis")
+                chunk = -(-dim // n_out)
+                sizes = [min(chunk, dim - k * chunk) for k in range(n_out)]
+                const = f"{node.name or node.output[0]}_sizes"
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(sizes, np.int64), const))
+                del node.input[1:]
+                node.input.append(const)
+            keep = [a for a in node.attribute if a.name != "num_outputs"]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+            node.domain = _SPLIT_PLACEHOLDER  # set aside: onnx has no Split 18 -> 17 adapter
+    model.opset_import.append(helper.make_opsetid(_SPLIT_PLACEHOLDER, 1))
+    try:
+        converted = version_converter.convert_version(model, 17)
+    except Exception as exc:  # the converter raises RuntimeError / assertion text
+        raise ExportError(f"cannot convert the graph to opset 17 ({str(exc).splitlines()[0]}); "
+                          "use --opset 18 or newer") from None
+    for node in converted.graph.node:
+        if node.domain == _SPLIT_PLACEHOLDER:
+            node.domain = ""
+    keep = [o for o in converted.opset_import if o.domain != _SPLIT_PLACEHOLDER]
+    del converted.opset_import[:]
+    converted.opset_import.extend(keep)
+    return converted
+
+
+def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """The graph at `opset`: unchanged, down to 17 (`to_opset17`) or up with onnx's converter."""
+    from onnx import version_converter
+
+    current = opset_of(model)
+    if opset == current:
+        return model
+    if opset == 17 and current == 18:
+        return to_opset17(model)
+    if opset < current:
+        raise ExportError(f"cannot convert the graph from opset {current} down to {opset}")
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as exc:
+        raise ExportError(f"cannot convert the graph to opset {opset} ({str(exc).splitlines()[0]})") from None
+
+
+def _static_shapes(model) -> dict:
+    """name -> list of dims (int, or None where dynamic) from shape inference."""
+    msda.register_onnx_schema()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+# ----------------------------------------------------------------------------------- portable
+def msda_nodes(model: onnx.ModelProto) -> list:
+    return [n for n in model.graph.node if n.op_type == msda.OP_TYPE and n.domain == msda.DOMAIN]
+
+
+def decompose_msda(plugin: onnx.ModelProto) -> onnx.ModelProto:
+    """The portable graph: each AutrMSDeformAttn node as GridSample + standard ops.
+
+    Per node, with N dynamic and everything else static (value [N,S,M,D], locations
+    [N,Lq,M,L,P,2], weights [N,Lq,M,L,P]):
+        value -> Transpose [N,M,D,S] -> Reshape [N*M,D,S] -> Split per level -> Reshape [N*M,D,H,W]
+        locations*2-1 -> Transpose [N,M,L,Lq,P,2] -> Reshape [N*M,L,Lq,P,2] -> Gather level l
+        GridSample(bilinear, zeros, align_corners=0) per level -> Concat [N*M,D,Lq,L*P]
+        * weights (Transpose/Reshape [N*M,1,Lq,L*P]) -> ReduceSum -> [N*M,D,Lq]
+        -> Reshape [N,M*D,Lq] -> Transpose [N,Lq,M*D]
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(plugin)
+    opset = opset_of(model)
+    mode = "linear" if opset >= 20 else "bilinear"
+    shapes = _static_shapes(model)
+    inits = _initializers(model)
+    fresh = _unique_namer(model)
+    consts = {}
+
+    def const(value, dtype) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in consts:
+            name = fresh("msda_const")
+            model.graph.initializer.append(numpy_helper.from_array(arr, name))
+            consts[key] = name
+        return consts[key]
+
+    new_nodes = []
+    for node in model.graph.node:
+        if not (node.op_type == msda.OP_TYPE and node.domain == msda.DOMAIN):
+            new_nodes.append(node)
+            continue
+        value, ss_name, lsi_name, loc, weights = node.input
+        if ss_name not in inits:
+            raise ExportError(f"{node.name}: spatial_shapes must be a constant to decompose MSDA")
+        level_shapes = numpy_helper.to_array(inits[ss_name]).reshape(-1, 2).tolist()
+        vshape, lshape = shapes.get(value), shapes.get(loc)
+        if vshape is None or lshape is None or None in vshape[1:] or None in lshape[1:]:
+            raise ExportError(f"{node.name}: MSDA input shapes must be static except N "
+                              f"(value {vshape}, locations {lshape})")
+        _, s, m, d = vshape
+        _, lq, _, n_levels, p, _ = lshape
+        if len(level_shapes) != n_levels or sum(h * w for h, w in level_shapes) != s:
+            raise ExportError(f"{node.name}: spatial shapes {level_shapes} do not match value S={s}, L={n_levels}")
+        base = fresh(node.name or "msda")
+
+        def mk(op, inputs, n_out=1, **attrs):
+            outs = [fresh(f"{base}/{op}") for _ in range(n_out)]
+            new_nodes.append(helper.make_node(op, inputs, outs, name=fresh(f"{base}/{op}"), **attrs))
+            return outs if n_out > 1 else outs[0]
+
+        v = mk("Transpose", [value], perm=[0, 2, 3, 1])
+        v = mk("Reshape", [v, const([-1, d, s], np.int64)])
+        if n_levels > 1:
+            parts = mk("Split", [v, const([h * w for h, w in level_shapes], np.int64)], n_out=n_levels, axis=2)
+        else:
+            parts = [v]
+        g = mk("Mul", [loc, const(2.0, np.float32)])
+        g = mk("Sub", [g, const(1.0, np.float32)])
+        g = mk("Transpose", [g], perm=[0, 2, 3, 1, 4, 5])
+        g = mk("Reshape", [g, const([-1, n_levels, lq, p, 2], np.int64)])
+        sampled = []
+        for lvl, (h, w) in enumerate(level_shapes):
+            img = mk("Reshape", [parts[lvl], const([-1, d, h, w], np.int64)])
+            grid = mk("Gather", [g, const(lvl, np.int64)], axis=1)
+            sampled.append(mk("GridSample", [img, grid], align_corners=0, mode=mode, padding_mode="zeros"))
+        stacked = mk("Concat", sampled, axis=3) if n_levels > 1 else sampled[0]
+        wt = mk("Transpose", [weights], perm=[0, 2, 1, 3, 4])
+        wt = mk("Reshape", [wt, const([-1, 1, lq, n_levels * p], np.int64)])
+        prod = mk("Mul", [stacked, wt])
+        red = mk("ReduceSum", [prod, const([3], np.int64)], keepdims=0)
+        out = mk("Reshape", [red, const([-1, m * d, lq], np.int64)])
+        new_nodes.append(helper.make_node("Transpose", [out], [node.output[0]], name=fresh(f"{base}/Transpose"),
+                                          perm=[0, 2, 1]))
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    keep = [o for o in model.opset_import if o.domain != msda.DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    remove_unused(model)
+    return model
+
+
+# ----------------------------------------------------------------------------------- checks
+def check(model: onnx.ModelProto, what: str) -> None:
+    """onnx's full check (checker + strict shape inference with type checks)."""
+    msda.register_onnx_schema()
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ExportError(f"the {what} graph fails onnx's checker: {str(exc).strip().splitlines()[0]}") from None
+
+
+def refresh_value_info(model: onnx.ModelProto, keep: bool = True) -> onnx.ModelProto:
+    """Run shape inference again. `keep=False` first drops the old value_info (after passes that
+    change types); `keep=True` keeps the exporter's entries, which cover ops whose onnx inference
+    is incomplete (GroupNormalization-21 outputs, for one)."""
+    msda.register_onnx_schema()
+    if not keep:
+        del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+__all__ = ["simplify", "to_opset17", "convert_opset", "decompose_msda", "check", "op_counts", "msda_nodes",
+           "refresh_value_info", "opset_of"]

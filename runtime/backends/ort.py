@@ -1,0 +1,131 @@
+"""ONNX Runtime backend: the portable graph (``model.portable.onnx``) and its sidecar ``model.json``.
+
+Runs on the CPU execution provider, or CUDA's (``provider="cuda"``, needs ``onnxruntime-gpu``). Input size
+and T range come from the sidecar and are checked against the graph's own input shapes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, BackendUnavailable, one_line
+from .base import Backend, check_inputs
+from .sidecar import parse_spec, read_sidecar
+
+__all__ = ["OrtBackend", "resolve_onnx"]
+
+PORTABLE_NAME = "model.portable.onnx"
+
+
+def resolve_onnx(path) -> Path:
+    """The portable graph of ``path`` (a file, or an export directory holding ``model.portable.onnx``)."""
+    p = Path(path)
+    if p.is_dir():
+        cand = p / PORTABLE_NAME
+        side = p / "model.json"
+        if not cand.is_file() and side.is_file():  # the exporter's sidecar names its graphs
+            try:
+                import json
+
+                name = json.loads(side.read_text(encoding="utf-8"))["graphs"]["portable"]["file"]
+                cand = p / name
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        if not cand.is_file():
+            onnx = sorted(p.glob("*.portable.onnx")) or sorted(p.glob("*.onnx"))
+            if len(onnx) != 1:
+                raise BackendError(f"{p} holds no {PORTABLE_NAME} (found: {', '.join(x.name for x in onnx) or 'nothing'})")
+            cand = onnx[0]
+        return cand
+    if not p.is_file():
+        raise BackendError(f"ONNX model not found: {p}")
+    return p
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu "
+                                 "(CUDA)") from None
+    return ort
+
+
+class OrtBackend(Backend):
+    """Run an ONNX graph with ONNX Runtime.
+
+    Args:
+        path: the ``.onnx`` file, or the export directory.
+        provider: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+    """
+
+    name = "ort"
+
+    def __init__(self, path, provider: str = "cpu", threads: int | None = None):
+        ort = _import_ort()
+        onnx_path = resolve_onnx(path)
+        side_path, data = read_sidecar(onnx_path)
+        spec = parse_spec(data, where=f"sidecar {side_path}")
+        super().__init__(spec.input_size, spec.t_min, spec.t_max)
+        self.artifact = onnx_path
+        self.sidecar = side_path
+        self.spec = spec
+        available = ort.get_available_providers()
+        provider = (provider or "cpu").lower()
+        if provider == "auto":
+            provider = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        if provider == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise BackendUnavailable("ONNX Runtime here has no CUDA execution provider (available: "
+                                         f"{', '.join(available)}); pip install onnxruntime-gpu, or use --provider cpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif provider == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise BackendError(f"unknown provider {provider!r}; use cpu, cuda or auto")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            msg = one_line(exc)
+            if "AutrMSDeformAttn" in msg:
+                raise BackendError(f"{onnx_path} is the TensorRT plugin graph (custom AutrMSDeformAttn nodes); "
+                                   f"give ONNX Runtime the portable graph ({PORTABLE_NAME})") from None
+            raise BackendError(f"ONNX Runtime cannot load {onnx_path}: {msg}") from None
+        self.device = f"{provider} ({self.session.get_providers()[0]})"
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != {"frames", "log_mel"}:
+            raise BackendError(f"{onnx_path} has inputs {sorted(inputs)}; the model contract is frames, log_mel")
+        if not {"masks", "scores"} <= set(outputs):
+            raise BackendError(f"{onnx_path} has outputs {outputs}; the model contract is masks, scores")
+        shape = inputs["frames"].shape
+        h, w = self.input_size
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], (3, h, w))):
+            raise BackendError(f"{onnx_path}: graph input frames is {shape} but the sidecar says input size {h}x{w}")
+        if isinstance(shape[0], int) and not (self.t_min <= shape[0] and (self.t_max is None or shape[0] <= self.t_max)):
+            raise BackendError(f"{onnx_path}: graph input frames has fixed T = {shape[0]} outside the sidecar's "
+                               f"range {self.t_min}..{self.t_max}")
+        if isinstance(shape[0], int):
+            self.t_min = self.t_max = shape[0]
+        self.provider = provider
+
+    def infer(self, frames: np.ndarray, log_mel: np.ndarray):
+        check_inputs(frames, log_mel, self.input_size, self.t_min, self.t_max)
+        masks, scores = self.session.run(["masks", "scores"], {"frames": np.ascontiguousarray(frames, np.float32),
+                                                               "log_mel": np.ascontiguousarray(log_mel, np.float32)})
+        return masks.astype(np.float32, copy=False), scores.astype(np.float32, copy=False).reshape(-1)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"sidecar": str(self.sidecar), "providers": self.session.get_providers()})
+        return d
+
+    def versions(self) -> dict:
+        ort = _import_ort()
+        return {"onnxruntime": ort.__version__}

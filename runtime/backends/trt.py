@@ -1,0 +1,258 @@
+"""TensorRT backend: a serialized engine plus the MSDA plugin library, run with pycuda.
+
+Written against the TensorRT 10/11 Python API (named I/O tensors: ``num_io_tensors``, ``get_tensor_name``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``). One CUDA stream; inputs are copied from
+page-locked host buffers into device buffers sized for the engine profile's largest T, asynchronously on
+that stream, then the outputs come back the same way and the stream is synchronised once per call.
+
+``tensorrt`` and ``pycuda`` are imported only when this backend is opened; where they are missing the error
+says how to install them. Before the engine is deserialised, its sidecar is checked against this machine
+(TensorRT version, GPU name and compute capability, plugin library hash): a plan built elsewhere is
+refused with the reason instead of failing obscurely inside TensorRT.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, BackendUnavailable, SidecarError, one_line
+from .base import Backend, check_inputs
+from .sidecar import find_sidecar, parse_spec
+
+__all__ = ["TrtBackend", "check_engine_sidecar", "import_tensorrt"]
+
+INSTALL_HINT = ("pip install 'tensorrt>=10' 'pycuda>=2024.1' (needs an NVIDIA GPU, its driver and the CUDA toolkit for "
+                "pycuda's build), then build the plugin with `python -m autr.plugins build --trt-include DIR`")
+
+
+def import_tensorrt():
+    """(tensorrt, pycuda.driver), or BackendUnavailable naming what is missing and how to install it."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable(f"the trt backend needs TensorRT, which is not installed here ({one_line(exc)}); "
+                                 f"{INSTALL_HINT}") from None
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise BackendUnavailable(f"the trt backend needs pycuda, which is not installed here ({one_line(exc)}); "
+                                 f"{INSTALL_HINT}") from None
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: the engine API used here is TensorRT 10+; "
+                                 f"{INSTALL_HINT}")
+    return trt, cuda
+
+
+def _first(data: dict, *keys):
+    for k in keys:
+        for d in (data, data.get("engine") if isinstance(data.get("engine"), dict) else {},
+                  data.get("build") if isinstance(data.get("build"), dict) else {}):
+            if k in d and d[k] not in (None, ""):
+                return d[k]
+    return None
+
+
+def _cc_text(cc) -> str | None:
+    if cc is None:
+        return None
+    if isinstance(cc, (list, tuple)):
+        return ".".join(str(int(x)) for x in cc)
+    return str(cc).replace("sm_", "").replace("_", ".") if "." in str(cc) or "_" in str(cc) else \
+        (f"{str(cc)[:-1]}.{str(cc)[-1]}" if str(cc).isdigit() and len(str(cc)) >= 2 else str(cc))
+
+
+def check_engine_sidecar(data: dict, trt_version: str, gpu_name: str, compute_capability, plugin_hash: str | None,
+                         where: str = "the engine sidecar") -> None:
+    """Refuse an engine built for another TensorRT, GPU or plugin build (every field the sidecar records).
+
+    An engine plan is specific to the TensorRT version and GPU architecture it was built with, and to the
+    plugin library it was built against; a mismatch is one SidecarError listing every difference.
+    """
+    bad = []
+    want = _first(data, "tensorrt_version", "trt_version", "tensorrt")
+    if want is not None and str(want) != str(trt_version):
+        bad.append(f"TensorRT {want} (here {trt_version})")
+    want = _first(data, "compute_capability", "cc", "sm")
+    if want is not None and _cc_text(want) != _cc_text(compute_capability):
+        bad.append(f"compute capability {_cc_text(want)} (here {_cc_text(compute_capability)})")
+    want = _first(data, "gpu_name", "gpu", "device_name")
+    if want is not None and str(want) != str(gpu_name):
+        bad.append(f"GPU {want!r} (here {gpu_name!r})")
+    want = _first(data, "plugin_library_hash", "plugin_hash", "plugin_sha256", "plugin_library_sha256")
+    if want is not None and plugin_hash is not None and str(want) != str(plugin_hash):
+        bad.append(f"plugin library {str(want)[:12]}... (here {str(plugin_hash)[:12]}...)")
+    if bad:
+        raise SidecarError(f"{where}: this engine was built for {'; '.join(bad)} -- rebuild it on this machine "
+                           "with `autr export trt`")
+
+
+def _engine_spec(data: dict, where: str):
+    """Input size / T range of an engine sidecar (its shape profile), else the ONNX sidecar's keys."""
+    profile = _first(data, "shape_profile", "profile", "profiles")
+    if isinstance(profile, list) and profile:
+        profile = profile[0]
+    if isinstance(profile, dict) and isinstance(profile.get("frames"), (dict, list)):
+        fr = profile["frames"]
+        mins, maxs = (fr.get("min"), fr.get("max")) if isinstance(fr, dict) else (fr[0], fr[-1])
+        if isinstance(mins, list) and isinstance(maxs, list) and len(maxs) == 4:
+            return (int(maxs[2]), int(maxs[3])), int(mins[0]), int(maxs[0])
+    spec = parse_spec(data, where)
+    return spec.input_size, spec.t_min, spec.t_max
+
+
+class TrtBackend(Backend):
+    """Run a TensorRT engine.
+
+    Args:
+        engine: the ``.engine`` / ``.plan`` file (its sidecar JSON next to it).
+        plugin_library: the MSDA plugin ``.so`` (default: :func:`autr.plugins.library_path`).
+        device: CUDA device index.
+    """
+
+    name = "trt"
+
+    def __init__(self, engine, plugin_library=None, device: int = 0):
+        engine = Path(engine)
+        if not engine.is_file():
+            raise BackendError(f"TensorRT engine not found: {engine}")
+        side = find_sidecar(engine)
+        if side is None:
+            raise SidecarError(f"no sidecar next to {engine} ({engine.name}.json / {engine.stem}.json / model.json): "
+                               "the runtime reads the input size, T range and build facts from it")
+        try:
+            data = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SidecarError(f"cannot read the sidecar {side}: {exc}") from None
+        size, t_min, t_max = _engine_spec(data, f"sidecar {side}")
+        trt, cuda = import_tensorrt()
+        import autr.plugins as plugins
+
+        if plugin_library is None:
+            try:
+                plugin_library = plugins.library_path()
+            except Exception as exc:
+                raise BackendUnavailable(f"the MSDA TensorRT plugin is not built ({one_line(exc)}); build it with "
+                                         "`python -m autr.plugins build --trt-include DIR`") from None
+        plugin_library = Path(plugin_library)
+        try:
+            cuda.init()
+            dev = cuda.Device(int(device))
+            self._ctx = dev.retain_primary_context()  # the context TensorRT's CUDA runtime uses too
+        except Exception as exc:
+            raise BackendUnavailable(f"no usable CUDA device {device}: {one_line(exc)}") from None
+        gpu_name = dev.name()
+        cc = dev.compute_capability()
+        check_engine_sidecar(data, trt.__version__, gpu_name, cc, plugins.library_hash(plugin_library),
+                             where=f"sidecar {side}")
+        super().__init__(size, t_min, t_max, device=f"cuda:{device} ({gpu_name}, sm_{cc[0]}{cc[1]})")
+        self.artifact = engine
+        self.sidecar = side
+        self.plugin_library = plugin_library
+        self._trt, self._cuda = trt, cuda
+        self._ctx.push()
+        try:
+            self._load(engine)
+        finally:
+            self._ctx.pop()
+
+    def _load(self, engine: Path) -> None:
+        trt, cuda = self._trt, self._cuda
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")
+        registry = trt.get_plugin_registry()
+        self._plugin_handle = registry.load_library(str(self.plugin_library))
+        if self._plugin_handle is None:
+            raise BackendError(f"TensorRT could not load the plugin library {self.plugin_library}")
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(engine.read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialise {engine} (built by another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if set(self.inputs) != {"frames", "log_mel"} or not {"masks", "scores"} <= set(self.outputs):
+            raise BackendError(f"{engine} has inputs {self.inputs} and outputs {self.outputs}; the model contract is "
+                               "frames, log_mel -> masks, scores")
+        # profile 0's largest shapes size the buffers; the sidecar's range must fit inside the profile
+        lo, _, hi = self.engine.get_tensor_profile_shape("frames", 0)
+        if self.t_max is None or self.t_max > hi[0]:
+            self.t_max = int(hi[0])
+        self.t_min = max(self.t_min, int(lo[0]))
+        h, w = self.input_size
+        if (int(hi[2]), int(hi[3])) != (h, w):
+            raise BackendError(f"{engine}: profile input size {int(hi[2])}x{int(hi[3])} differs from the sidecar's {h}x{w}")
+        tm = self.t_max
+        max_shapes = {"frames": (tm, 3, h, w), "log_mel": (tm, 1, 96, 64), "masks": (tm, h, w), "scores": (tm,)}
+        self.stream = cuda.Stream()
+        self.host, self.dev, self.dtypes = {}, {}, {}
+        for n in self.inputs + self.outputs:
+            dt = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))
+            shape = max_shapes.get(n)
+            if shape is None:  # an extra output: size it from the context once inputs are set
+                self.context.set_input_shape("frames", max_shapes["frames"])
+                self.context.set_input_shape("log_mel", max_shapes["log_mel"])
+                shape = tuple(int(x) for x in self.context.get_tensor_shape(n))
+            self.host[n] = cuda.pagelocked_empty(int(np.prod(shape)), dt)
+            self.dev[n] = cuda.mem_alloc(max(self.host[n].nbytes, 1))
+            self.dtypes[n] = dt
+            self.context.set_tensor_address(n, int(self.dev[n]))
+
+    def infer(self, frames: np.ndarray, log_mel: np.ndarray):
+        check_inputs(frames, log_mel, self.input_size, self.t_min, self.t_max)
+        cuda = self._cuda
+        t = frames.shape[0]
+        self._ctx.push()
+        try:
+            feeds = {"frames": frames, "log_mel": log_mel}
+            for n in self.inputs:
+                x = feeds[n]
+                view = self.host[n][:x.size].reshape(x.shape)
+                np.copyto(view, x, casting="same_kind")
+                if not self.context.set_input_shape(n, tuple(x.shape)):
+                    raise BackendError(f"TensorRT refused input shape {list(x.shape)} for {n}")
+                cuda.memcpy_htod_async(self.dev[n], view, self.stream)
+            if not self.context.execute_async_v3(self.stream.handle):
+                raise BackendError("TensorRT execute_async_v3 failed")
+            shapes = {n: tuple(int(s) for s in self.context.get_tensor_shape(n)) for n in ("masks", "scores")}
+            views = {}
+            for n in ("masks", "scores"):
+                size = int(np.prod(shapes[n]))
+                views[n] = self.host[n][:size]
+                cuda.memcpy_dtoh_async(views[n], self.dev[n], self.stream)
+            self.stream.synchronize()
+        finally:
+            self._ctx.pop()
+        masks = views["masks"].reshape(shapes["masks"]).astype(np.float32, copy=True)
+        scores = views["scores"].reshape(t).astype(np.float32, copy=True)
+        return masks, scores
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"sidecar": str(self.sidecar), "plugin_library": str(self.plugin_library)})
+        return d
+
+    def versions(self) -> dict:
+        return {"tensorrt": self._trt.__version__, "pycuda": getattr(self._cuda, "get_version", lambda: None)() and
+                ".".join(map(str, self._cuda.get_version()))}
+
+    def close(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:
+            return
+        ctx.push()
+        try:
+            for buf in getattr(self, "dev", {}).values():
+                buf.free()
+            self.dev = {}
+            self.context = None
+            self.engine = None
+        finally:
+            ctx.pop()
+        ctx.detach()
+        self._ctx = None

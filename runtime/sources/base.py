@@ -1,0 +1,149 @@
+"""The source interface: capture threads that fill a frame queue and (usually) an audio ring buffer."""
+from __future__ import annotations
+
+import threading
+
+from ..errors import StreamError, one_line
+from ..frames import Frame
+from ..queues import BoundedQueue
+from ..ring import AudioRingBuffer
+from ..stats import now
+
+__all__ = ["Source"]
+
+
+class Source:
+    """Base class of every source.
+
+    A source owns
+
+    * :attr:`frames`: a :class:`BoundedQueue` of :class:`Frame` -- ``drop_oldest`` for live sources (the
+      pipeline always gets the newest frame), ``block`` for files read as fast as the backend goes;
+    * :attr:`audio`: an :class:`AudioRingBuffer` on the same time axis as ``Frame.t``, or None when the
+      stream runs on silence on purpose (``--silent-audio``).
+
+    When the input ends the queue is closed (:attr:`end_reason` says why); a fatal fault sets
+    :attr:`error` (a :class:`StreamError`) before closing it. Neither ever raises in a capture thread.
+    """
+
+    kind = "source"
+
+    def __init__(self, live: bool, queue_size: int = 1):
+        self.live = bool(live)
+        self.frames = BoundedQueue(queue_size, "drop_oldest" if live else "block", name="source")
+        self.audio: AudioRingBuffer | None = None
+        self.error: StreamError | None = None
+        self.end_reason: str | None = None
+        self.fault: str | None = None  # the input ended early (truncated / corrupt / stalled): where and why
+        self.warnings: list = []
+        self.captured = 0
+        self._stop = threading.Event()
+        self._threads: list = []
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> "Source":
+        """Open the device / file (raising a :class:`StreamError` on failure) and start capturing."""
+        if self._started:
+            return self
+        self._open()
+        self._started = True
+        for target, name in self._workers():
+            th = threading.Thread(target=self._guard, args=(target,), name=f"autr-{self.kind}-{name}", daemon=True)
+            th.start()
+            self._threads.append(th)
+        return self
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop capturing (idempotent); never hangs longer than ``timeout`` per thread."""
+        self._stop.set()
+        self.frames.close()
+        for th in self._threads:
+            if th is not threading.current_thread():
+                th.join(timeout)
+        self._close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- for subclasses -------------------------------------------------------------------------------
+    def _open(self) -> None:
+        """Open the device / input; raise a StreamError with a clear message when it cannot."""
+
+    def _workers(self) -> list:
+        """[(callable, name)] run in daemon threads after _open()."""
+        return []
+
+    def _close(self) -> None:
+        """Release devices / files (called once the threads have stopped)."""
+
+    def _guard(self, target) -> None:
+        try:
+            target()
+        except StreamError as exc:
+            self.fail(exc)
+        except Exception as exc:  # a bug or an unexpected library error: still one line, still a clean stop
+            self.fail(StreamError(f"{self.kind} source failed: {type(exc).__name__}: {one_line(exc)}"))
+
+    def emit(self, frame: Frame) -> bool:
+        """Hand a frame to the pipeline. Live: drops the oldest queued frame if full. File: waits for room
+        (checking for stop). Returns False once the source is stopping."""
+        self.captured += 1
+        if self.frames.policy == "drop_oldest":
+            self.frames.put(frame)
+            return not self._stop.is_set()
+        while not self._stop.is_set():
+            try:
+                self.frames.put(frame, timeout=0.1)
+                return True
+            except TimeoutError:
+                continue
+        return False
+
+    def finish(self, reason: str) -> None:
+        """The input has ended normally (end of file, end of stream, duration reached)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        if self.audio is not None:
+            self.audio.mark_finished()
+        self.frames.close()
+
+    def fail(self, error: StreamError) -> None:
+        """A fatal fault: remember it (the pipeline reports it) and end the frame stream."""
+        if self.error is None:
+            self.error = error
+        self.finish(f"error: {error}")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def end_early(self, message: str) -> None:
+        """The input ended before its end (truncated, corrupt, stalled): not an exception -- what was
+        processed is kept -- but reported with where it happened."""
+        self.fault = message
+        self.warn(message)
+        self.finish(message)
+
+    # -- description ----------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """A JSON-able description for the report."""
+        return {"kind": self.kind, "live": self.live}
+
+    def stats(self) -> dict:
+        out = {"captured": self.captured, "dropped": self.frames.dropped, "end_reason": self.end_reason}
+        out.update(self._extra_stats())
+        return out
+
+    def _extra_stats(self) -> dict:
+        return {}
+
+    @staticmethod
+    def clock() -> float:
+        return now()

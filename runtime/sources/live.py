@@ -1,0 +1,118 @@
+"""A video source paired with a separate audio source (camera + microphone)."""
+from __future__ import annotations
+
+import threading
+
+from .base import Source
+
+__all__ = ["LiveSource"]
+
+
+class LiveSource(Source):
+    """Frames from ``video``, audio from ``audio`` (both on the monotonic clock).
+
+    A fault of either ends the stream with that fault. ``audio=None`` runs on silence on purpose.
+    """
+
+    kind = "live"
+
+    def __init__(self, video: Source, audio: Source | None):
+        super().__init__(live=video.live)
+        self.video = video
+        self.mic = audio
+        self.frames = video.frames
+        self._watch = None
+
+    @property
+    def audio(self):
+        return None if self.mic is None else self.mic.audio
+
+    @audio.setter
+    def audio(self, value):  # the base class initialiser assigns None
+        pass
+
+    @property
+    def error(self):
+        return self.video.error or (self.mic.error if self.mic is not None else None) or self._own_error
+
+    @error.setter
+    def error(self, value):
+        self._own_error = value
+
+    @property
+    def end_reason(self):
+        if self.mic is not None and self.mic.error is not None:
+            return f"error: {self.mic.error}"
+        return self.video.end_reason
+
+    @end_reason.setter
+    def end_reason(self, value):
+        pass
+
+    @property
+    def fault(self):
+        return self.video.fault
+
+    @fault.setter
+    def fault(self, value):
+        pass
+
+    @property
+    def warnings(self):
+        return list(self.video.warnings) + (list(self.mic.warnings) if self.mic is not None else [])
+
+    @warnings.setter
+    def warnings(self, value):
+        pass
+
+    @property
+    def captured(self):
+        return self.video.captured
+
+    @captured.setter
+    def captured(self, value):
+        pass
+
+    def start(self) -> "LiveSource":
+        if self._started:
+            return self
+        if self.mic is not None:
+            self.mic.start()
+        try:
+            self.video.start()
+        except BaseException:
+            if self.mic is not None:
+                self.mic.stop()
+            raise
+        self._started = True
+        self._watch = threading.Thread(target=self._supervise, daemon=True, name="autr-live-watch")
+        self._watch.start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.05):
+            if self.mic is not None and self.mic.error is not None:
+                self.video.frames.close()
+                return
+            if self.video.frames.closed:
+                return
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        self.video.stop(timeout)
+        if self.mic is not None:
+            self.mic.stop(timeout)
+        if self._watch is not None:
+            self._watch.join(timeout)
+
+    def describe(self) -> dict:
+        return {"kind": "live", "live": self.live, "video": self.video.describe(),
+                "audio": None if self.mic is None else self.mic.describe()}
+
+    def stats(self) -> dict:
+        out = {"video": self.video.stats()}
+        if self.mic is not None:
+            out["audio"] = self.mic.stats()
+        out["captured"] = self.video.captured
+        out["dropped"] = self.video.frames.dropped
+        return out
