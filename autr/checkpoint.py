@@ -78,7 +78,8 @@ def load_checkpoint(path, expect: "AutrConfig | str | None" = None):
     """Build the model a checkpoint describes and load its weights (float32).
 
     `expect` (a preset name or config) guards against loading a checkpoint of another config: any
-    architecture field that differs is named in the error.
+    architecture field that differs is named in the error (the input size is not one: a checkpoint
+    records the size it was trained at, and the model runs at any multiple of 32).
     """
     from autr.model import AuTR
     from autr.presets import get_config

@@ -31,7 +31,7 @@ def cfg(root, out, **kw):
 
 
 def test_a_run_writes_checkpoints_logs_and_plot(synth_root, tmp_path):
-    result = train(cfg(synth_root, tmp_path))
+    result = train(cfg(synth_root, tmp_path, size=64))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
     assert set(rows[0]["train"]) >= {"loss", "loss_dice", "loss_focal", "loss_sound"}
@@ -41,6 +41,7 @@ def test_a_run_writes_checkpoints_logs_and_plot(synth_root, tmp_path):
     model = load_checkpoint(tmp_path / "best.safetensors", expect="tiny")
     assert read_checkpoint(tmp_path / "best.safetensors")[2]["epoch"] == 1
     assert model.cfg.name == "tiny"
+    assert model.cfg.image_size == 64  # the checkpoint records the size it was trained at
 
 
 def test_resume_continues_where_it_stopped(synth_root, tmp_path):
