@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from autr.export import msda
+from autr.export.graph import unique_namer
 
 FP32_OPS = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
@@ -78,16 +79,8 @@ def convert_float16(model: onnx.ModelProto, keep_fp32: set | frozenset = frozens
         dtype[name] = init.data_type
     new_inits = {}  # (name, type) -> name of a converted copy
     casts = {}  # (name, type) -> name of the Cast output
-    used_names = {o for n in src.graph.node for o in n.output} | set(inits) | set(dtype)
+    fresh = unique_namer(src)
     nodes_out = []
-
-    def fresh(base):
-        name, k = base, 0
-        while name in used_names:
-            k += 1
-            name = f"{base}_{k}"
-        used_names.add(name)
-        return name
 
     def as_type(name: str, want: int) -> str:
         """`name` in float type `want`: the tensor itself, a converted constant, or a Cast."""

@@ -47,7 +47,8 @@ def _initializers(model) -> dict:
     return {i.name: i for i in model.graph.initializer}
 
 
-def _unique_namer(model):
+def unique_namer(model):
+    """A function giving names no tensor, node or initializer of `model` has (nor any it gave before)."""
     used = {n.name for n in model.graph.node} | {o for n in model.graph.node for o in n.output}
     used |= {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
 
@@ -267,7 +268,7 @@ def decompose_msda(plugin: onnx.ModelProto) -> onnx.ModelProto:
     mode = "linear" if opset >= 20 else "bilinear"
     shapes = _static_shapes(model)
     inits = _initializers(model)
-    fresh = _unique_namer(model)
+    fresh = unique_namer(model)
     consts = {}
 
     def const(value, dtype) -> str:

@@ -1,5 +1,6 @@
 """autr.runtime sources: media files (PyAV), a network stream served by ffmpeg on loopback, the synthetic
 scene, cameras (missing / disappearing), and a virtual microphone (a private PulseAudio null sink)."""
+import contextlib
 import shutil
 import subprocess
 import threading
@@ -300,11 +301,12 @@ def test_camera_source_keeps_only_the_newest_frame():
 
 # ------------------------------------------------------------------------------------------ microphone
 
-@pytest.fixture(scope="module")
-def pulse(tmp_path_factory):
+@contextlib.contextmanager
+def running_pulse(where):
+    """A private PulseAudio server with a null sink, its environment set for sounddevice; skips if it cannot run."""
     if shutil.which("pactl") is None or shutil.which("paplay") is None:
         pytest.skip("pulseaudio-utils (pactl, paplay) are not installed")
-    server = PulseServer(tmp_path_factory.mktemp("pulse"))
+    server = PulseServer(where)
     if not server.start():
         pytest.skip(f"PulseAudio cannot run here: {server.why_not}")
     mp = pytest.MonkeyPatch()
@@ -315,6 +317,12 @@ def pulse(tmp_path_factory):
     finally:
         mp.undo()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory):
+    with running_pulse(tmp_path_factory.mktemp("pulse")) as server:
+        yield server
 
 
 def _pulse_device():
@@ -374,15 +382,7 @@ def test_virtual_microphone_feeds_the_pipeline(pulse, tmp_path):
 
 
 def test_microphone_that_disappears_fails_without_hanging(tmp_path):
-    if shutil.which("pactl") is None:
-        pytest.skip("pulseaudio-utils are not installed")
-    server = PulseServer(tmp_path / "pa")
-    if not server.start():
-        pytest.skip(f"PulseAudio cannot run here: {server.why_not}")
-    mp = pytest.MonkeyPatch()
-    for k, v in server.env.items():
-        mp.setenv(k, v)
-    try:
+    with running_pulse(tmp_path / "pa") as server:
         dev = _pulse_device()
         mic = MicrophoneSource(dev, stall_timeout=1.0, reconnect_attempts=2, reconnect_interval=0.2)
         video = SyntheticSource(fps=10, size=32, audio=False)
@@ -399,9 +399,6 @@ def test_microphone_that_disappears_fails_without_hanging(tmp_path):
         t0 = time.monotonic()
         rep = StreamRunner(src, FakeBackend(input_size=(32, 32)), render=False, duration=60).run()
         took = time.monotonic() - t0
-    finally:
-        mp.undo()
-        server.stop()
     assert "killed" in results and took < 30
     assert rep["error"] and "microphone" in rep["error"] and "is gone" in rep["error"] and "\n" not in rep["error"]
     assert rep["frames"]["output"] > 0

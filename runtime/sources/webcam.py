@@ -92,14 +92,18 @@ class WebcamSource(Source):
     def _workers(self):
         return [(self._run, "grab")]
 
+    def _release(self) -> None:
+        """Release the capture (caller holds the lock); a device that is gone may fail to, harmlessly."""
+        if self._cap is not None:
+            try:
+                self._cap.release()
+            except Exception:
+                pass
+            self._cap = None
+
     def _close(self) -> None:
         with self._cap_lock:
-            if self._cap is not None:
-                try:
-                    self._cap.release()
-                except Exception:
-                    pass
-                self._cap = None
+            self._release()
 
     def _reconnect(self) -> bool:
         for attempt in range(1, self.reconnect_attempts + 1):
@@ -107,11 +111,7 @@ class WebcamSource(Source):
                 return False
             self.reconnects += 1
             with self._cap_lock:
-                if self._cap is not None:
-                    try:
-                        self._cap.release()
-                    except Exception:
-                        pass
+                self._release()
                 cap, _ = self._try_open()
                 self._cap = cap
             if cap is not None:
