@@ -7,7 +7,8 @@
 Modules: `onnx_export` (the export and its sidecar), `msda` (the AutrMSDeformAttn node: torch custom
 op, ONNX translation and schema, numpy implementation), `graph` (simplification, opset conversion,
 MSDA decomposition for the portable graph, checks), `fp16` (float16 conversion), `verify` (ONNX
-Runtime parity), `bench` (export / CPU latency benchmark), `cli` (the `autr export` click group).
+Runtime parity), `bench` (export / CPU latency benchmark), `trt` (TensorRT engine builder and its
+cache), `cli` (the `autr export` click group).
 Importing this package is light: torch, onnx and onnxruntime load on first use.
 """
 from autr.export.errors import ExportError
@@ -16,6 +17,7 @@ _LAZY = {
     "export_onnx": ("autr.export.onnx_export", "export_onnx"),
     "verify_export": ("autr.export.verify", "verify_export"),
     "run_bench": ("autr.export.bench", "run_bench"),
+    "build_engine": ("autr.export.trt", "build_engine"),
 }
 
 __all__ = ["ExportError", *_LAZY]

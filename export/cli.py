@@ -10,6 +10,7 @@ import sys
 import click
 
 DEFAULT_OPSET = 18  # = autr.export.onnx_export.DEFAULT_OPSET (kept here so --help stays light)
+DEFAULT_WORKSPACE_GB = 4.0  # = autr.export.trt.DEFAULT_WORKSPACE_GB
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -24,7 +25,7 @@ def _log(quiet: bool):
 
 @click.group("export")
 def export():
-    """Export to ONNX (plugin + portable graphs), check parity, benchmark."""
+    """Export to ONNX (plugin + portable graphs), check parity, benchmark, build TensorRT engines."""
 
 
 @export.command("onnx")
@@ -120,3 +121,42 @@ def bench_cmd(preset, checkpoint, size, runs, warmup, opset, fp16, threads, json
     click.echo(format_bench(result))
     if json_out:
         click.echo(f"wrote {write_json(result, json_out)}")
+
+
+@export.command("trt")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--fp16", is_flag=True,
+              help="Build from model.plugin.fp16.onnx (the float16 graph; strongly typed network).")
+@click.option("--workspace", "workspace_gb", type=float, default=DEFAULT_WORKSPACE_GB, show_default=True, metavar="GB",
+              help="Builder workspace memory limit, GiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="TensorRT timing cache file: read when present, written back after the build.")
+@click.option("--profile", default=None, metavar="MIN,OPT,MAX",
+              help="Optimisation profile over T (default 1,1,T_MAX from DIR/model.json).")
+@click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False),
+              help="MSDA plugin library (default: autr.plugins.library_path()).")
+@click.option("--force", is_flag=True, help="Rebuild even when the cached engine is up to date.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def trt_cmd(directory, fp16, workspace_gb, timing_cache, profile, plugin_library, force, quiet):
+    """Build DIR/model.engine (+ sidecar DIR/model.engine.json) with TensorRT and the MSDA plugin.
+
+    An engine whose sidecar matches this machine and export (GPU, compute capability, TensorRT,
+    plugin library, precision, profile, ONNX sha256, toolkit version) is reused; anything else is rebuilt.
+    """
+    from autr.export.errors import ExportError
+    from autr.export.trt import build_engine
+
+    try:
+        info = build_engine(directory, fp16=fp16, workspace_gb=workspace_gb, timing_cache=timing_cache,
+                            profile=profile, force=force, log=_log(quiet), plugin_library=plugin_library)
+    except ExportError as exc:
+        _fail(str(exc))
+    p = info["t_profile"]
+    facts = (f"TensorRT {info['tensorrt_version']}, {info['gpu_name']} (sm {info['compute_capability']}), "
+             f"{info['precision']}, T {p['min']}/{p['opt']}/{p['max']}, input {info['input_size'][0]}x"
+             f"{info['input_size'][1]}")
+    if info["status"] == "up to date":
+        click.echo(f"up to date: {info['engine_path']} ({facts})")
+    else:
+        click.echo(f"built {info['engine_path']} ({info['engine_bytes'] / 2 ** 20:.1f} MiB in "
+                   f"{info['build_seconds']:.1f} s; {facts}); sidecar {info['sidecar_path']}")

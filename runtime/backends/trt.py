@@ -21,10 +21,16 @@ from ..errors import BackendError, BackendUnavailable, SidecarError, one_line
 from .base import Backend, check_inputs
 from .sidecar import find_sidecar, parse_spec
 
-__all__ = ["TrtBackend", "check_engine_sidecar", "import_tensorrt"]
+__all__ = ["TrtBackend", "check_engine_sidecar", "import_tensorrt", "INSTALL_HINT", "SIDECAR_KEYS"]
 
 INSTALL_HINT = ("pip install 'tensorrt>=10' 'pycuda>=2024.1' (needs an NVIDIA GPU, its driver and the CUDA toolkit for "
                 "pycuda's build), then build the plugin with `python -m autr.plugins build --trt-include DIR`")
+
+# The keys of an engine sidecar that this backend reads: one definition shared with its writer,
+# `autr export trt` (autr.export.trt), so that the two cannot drift apart. Older spellings are read too.
+SIDECAR_KEYS = {"tensorrt_version": "tensorrt_version", "gpu_name": "gpu_name",
+                "compute_capability": "compute_capability", "plugin_library_hash": "plugin_library_hash",
+                "shape_profile": "shape_profile"}
 
 
 def import_tensorrt():
@@ -72,16 +78,17 @@ def check_engine_sidecar(data: dict, trt_version: str, gpu_name: str, compute_ca
     plugin library it was built against; a mismatch is one SidecarError listing every difference.
     """
     bad = []
-    want = _first(data, "tensorrt_version", "trt_version", "tensorrt")
+    want = _first(data, SIDECAR_KEYS["tensorrt_version"], "trt_version", "tensorrt")
     if want is not None and str(want) != str(trt_version):
         bad.append(f"TensorRT {want} (here {trt_version})")
-    want = _first(data, "compute_capability", "cc", "sm")
+    want = _first(data, SIDECAR_KEYS["compute_capability"], "cc", "sm")
     if want is not None and _cc_text(want) != _cc_text(compute_capability):
         bad.append(f"compute capability {_cc_text(want)} (here {_cc_text(compute_capability)})")
-    want = _first(data, "gpu_name", "gpu", "device_name")
+    want = _first(data, SIDECAR_KEYS["gpu_name"], "gpu", "device_name")
     if want is not None and str(want) != str(gpu_name):
         bad.append(f"GPU {want!r} (here {gpu_name!r})")
-    want = _first(data, "plugin_library_hash", "plugin_hash", "plugin_sha256", "plugin_library_sha256")
+    want = _first(data, SIDECAR_KEYS["plugin_library_hash"], "plugin_hash", "plugin_sha256",
+                  "plugin_library_sha256")
     if want is not None and plugin_hash is not None and str(want) != str(plugin_hash):
         bad.append(f"plugin library {str(want)[:12]}... (here {str(plugin_hash)[:12]}...)")
     if bad:
@@ -91,7 +98,7 @@ def check_engine_sidecar(data: dict, trt_version: str, gpu_name: str, compute_ca
 
 def _engine_spec(data: dict, where: str):
     """Input size / T range of an engine sidecar (its shape profile), else the ONNX sidecar's keys."""
-    profile = _first(data, "shape_profile", "profile", "profiles")
+    profile = _first(data, SIDECAR_KEYS["shape_profile"], "profile", "profiles")
     if isinstance(profile, list) and profile:
         profile = profile[0]
     if isinstance(profile, dict) and isinstance(profile.get("frames"), (dict, list)):
