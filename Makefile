@@ -8,7 +8,7 @@ APT_PKGS := ffmpeg libportaudio2 pulseaudio
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST   := $(BIN)/python -m pytest
 
-.PHONY: install system test test-slow demo presets plugins clean
+.PHONY: install system test test-slow demo presets plugins bench gpu-check clean
 
 install: system $(VENV)/.installed
 
@@ -44,6 +44,20 @@ presets: install
 	$(BIN)/autr presets --measure
 
 # The MSDA kernel for sm_80/86/89/90, plus the TensorRT plugin when TRT_INCLUDE names TensorRT's include/.
+# The committed CPU results and the README's performance section (run it on a quiet machine).
+bench: install
+	$(BIN)/autr bench model --backend torch,ort,trt --precision fp32,fp16 --frames 1,5 --warmup 3 --iters 30 \
+	  --json benchmarks/results/bench_model_cpu.json --plot benchmarks/results/bench_model_cpu.png
+	$(BIN)/autr bench msda --preset small,paper-r50 --warmup 3 --iters 20 \
+	  --json benchmarks/results/bench_msda_cpu.json --plot benchmarks/results/bench_msda_cpu.png
+	$(BIN)/autr bench stream --seconds 10 --fps 15 \
+	  --json benchmarks/results/bench_stream_cpu.json --plot benchmarks/results/bench_stream_cpu.png
+	$(BIN)/python -m autr.benchmarks.readme
+
+# On a GPU machine: the kernel, the extension and the whole model, in one call (writes benchmarks/results/gpu_*.json).
+gpu-check: install
+	$(BIN)/python -m autr.benchmarks.gpu_check
+
 plugins: install
 	$(BIN)/python -m autr.plugins build $(if $(TRT_INCLUDE),--trt-include $(TRT_INCLUDE),--kernel-only)
 

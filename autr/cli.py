@@ -14,9 +14,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 class _Commands(click.Group):
-    """A group whose commands from the other rooms (`export`, `stream`) are imported only when used."""
+    """A group whose commands from the other rooms (`export`, `stream`, `bench`) are imported only when used."""
 
-    ROOMS = {"export": ("autr.export.cli", "export"), "stream": ("autr.runtime.cli", "stream")}
+    ROOMS = {"export": ("autr.export.cli", "export"), "stream": ("autr.runtime.cli", "stream"),
+             "bench": ("autr.benchmarks.cli", "bench")}
 
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *self.ROOMS})

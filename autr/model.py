@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autr.encoders import VGGish, VisualBackbone
+from autr.ops import can_read_values
 from autr.heads import DotProductMaskHead, DynamicMaskHead, PixelDecoder
 from autr.presets import AutrConfig, get_config
 from autr.transformer import (AudioAwareDecoder, AudioCrossAttention, DeformableEncoder, mlp,
@@ -30,6 +31,7 @@ LOG_MEL_SHAPE = (1, 96, 64)
 class AuTR(nn.Module):
     def __init__(self, cfg: AutrConfig):
         super().__init__()
+        self._levels = {}  # (level shapes, device) -> level tensors, CUDA only (see level_tensors)
         self.cfg = cfg
         d = cfg.d_model
         self.visual = VisualBackbone(cfg.backbone, cfg.feature_indices)
@@ -75,11 +77,28 @@ class AuTR(nn.Module):
                              f"T={cfg.max_frames} (max_frames)")
         if not frames.is_floating_point() or not log_mel.is_floating_point():
             raise ValueError(f"frames and log_mel must be floating point, got {frames.dtype} / {log_mel.dtype}")
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        if can_read_values(frames):
             if not torch.isfinite(frames).all():
                 raise ValueError("frames contain NaN or Inf values")
             if not torch.isfinite(log_mel).all():
                 raise ValueError("log_mel contains NaN or Inf values")
+
+    def level_tensors(self, shapes, device):
+        """(spatial_shapes [L,2], level_start_index [L]) as long tensors on `device`. On CUDA they are kept per
+        input size, so that a CUDA graph captured after one eager call makes no host-to-device copy."""
+        key = (tuple(shapes), str(device))
+        if key in self._levels:
+            return self._levels[key]
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"run the model once on {device} at this input size before capturing a CUDA graph")
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
+        tensors = (torch.as_tensor(shapes, dtype=torch.long, device=device),
+                   torch.as_tensor(starts, dtype=torch.long, device=device))
+        if device.type == "cuda":
+            self._levels[key] = tensors
+        return tensors
 
     # ------------------------------------------------------------------ forward
     def forward(self, frames: torch.Tensor, log_mel: torch.Tensor) -> dict:
@@ -106,11 +125,7 @@ class AuTR(nn.Module):
             poss.append(pos + self.level_embed[lvl])
             shapes.append((h, w))
         src, pos = torch.cat(srcs, 1), torch.cat(poss, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-        starts = [0]
-        for h, w in shapes[:-1]:
-            starts.append(starts[-1] + h * w)
-        level_start_index = torch.as_tensor(starts, dtype=torch.long, device=src.device)
+        spatial_shapes, level_start_index = self.level_tensors(shapes, src.device)
 
         memory = self.encoder(src, pos, shapes, spatial_shapes, level_start_index)
         queries, reference = self.decoder(audio, memory, spatial_shapes, level_start_index)

@@ -55,6 +55,14 @@ def _load_cuda_op():
     return _cuda_op or None
 
 
+def can_read_values(t: torch.Tensor) -> bool:
+    """Whether a check may read `t`'s values back to the host: not while tracing / compiling / exporting,
+    nor while a CUDA graph is being captured (a host sync would break the capture)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Raise ValueError naming the expected shapes when the inputs do not fit together."""
     if value.dim() != 4:
@@ -80,7 +88,7 @@ def check_inputs(value, spatial_shapes, level_start_index, sampling_locations, a
             f"attention_weights must be [N, Lq, M, L, P] = {(n, lq, m, n_levels, p)}, "
             f"got {tuple(attention_weights.shape)}"
         )
-    if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+    if can_read_values(spatial_shapes):
         total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
         if total != s:
             raise ValueError(f"value has S={s} positions but spatial_shapes sum to {total}")

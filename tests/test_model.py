@@ -178,3 +178,11 @@ def test_unknown_preset_and_config_keys_name_the_choices():
         get_config("tiny", backbone="vit_huge")
     with pytest.raises(ValueError, match="divisible by n_heads"):
         get_config("tiny", d_model=66)
+
+
+def test_level_tensors_describe_the_flattened_levels():
+    model = autr.build_model("tiny", seed=0)
+    shapes, starts = model.level_tensors([(8, 8), (4, 4), (2, 2)], torch.device("cpu"))
+    assert shapes.tolist() == [[8, 8], [4, 4], [2, 2]] and starts.tolist() == [0, 64, 80]
+    assert shapes.dtype == starts.dtype == torch.long
+    assert not model._levels  # kept on CUDA only (for graph capture); CPU tensors are made per call

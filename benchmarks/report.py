@@ -1,0 +1,111 @@
+"""Markdown tables of `autr bench` results (one function per kind; `markdown(result)` picks it).
+
+Rows that could not run are kept: the same configuration skipped for the same reason at several T (or
+sizes) is one line listing them.
+"""
+from __future__ import annotations
+
+__all__ = ["document", "markdown", "markdown_model", "markdown_msda", "markdown_stream", "markdown_gpu_check", "heading"]
+
+
+def _f(x, fmt: str = ".1f", empty: str = "") -> str:
+    return empty if x is None else format(x, fmt)
+
+
+def collapse(rows, key, where):
+    """Skipped / failed rows grouped by (key(row), reason) -> [(row, [where(row), ...])], first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        k = (key(r), r.get("status"), r.get("reason"))
+        groups.setdefault(k, (r, []))[1].append(str(where(r)))
+    return list(groups.values())
+
+
+def heading(result: dict) -> str:
+    kind = result.get("kind")
+    what = {"model": lambda r: f"{r['model']['preset']} at {r['size']}x{r['size']}",
+            "msda": lambda r: "MSDA op",
+            "stream": lambda r: f"runtime on a file, {r['model'].get('backend')} backend",
+            "gpu_check": lambda r: "GPU check"}.get(kind, lambda r: kind)(result)
+    name = "python -m autr.benchmarks.gpu_check" if kind == "gpu_check" else f"autr bench {kind}"
+    return f"`{name}` — {what}, {result.get('device_label', '?')}, {str(result.get('date', ''))[:10]}"
+
+
+def markdown_model(result: dict) -> str:
+    gpu = any("gpu" in r for r in result["rows"])
+    head = ["backend", "precision", "variant", "T", "p50 ms", "p90 ms", "p99 ms", "max ms", "frames/s",
+            "vs baseline", "peak mem MB"] + (["GPU compute ms", "copies ms"] if gpu else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    for r in ok:
+        lat = r["latency_ms"]
+        mem = (r.get("gpu_memory") or {}).get("peak_allocated_mb") or (r.get("gpu_memory") or {}).get("used_delta_mb")
+        if mem is None:
+            mem = (r.get("memory") or {}).get("peak_rss_delta_mb")
+        cells = [r["backend"] + (" (baseline)" if r.get("baseline") else ""), r["precision"], r["variant"],
+                 str(r["frames"]), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(lat["max"]),
+                 _f(r.get("throughput_fps"), ".2f"), _f(r.get("speedup_vs_baseline"), ".2f") + "x", _f(mem, ".0f")]
+        if gpu:
+            g = r.get("gpu") or {}
+            cells += [_f((g.get("compute_ms") or {}).get("p50"), ".2f"), _f((g.get("copy_ms") or {}).get("p50"), ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    bad = [r for r in result["rows"] if r["status"] != "ok"]
+    for r, ts in collapse(bad, lambda r: (r["backend"], r["precision"], r["variant"]), lambda r: r["frames"]):
+        cells = [r["backend"], r["precision"], r["variant"], ",".join(ts),
+                 f"{r['status']}: {r['reason']}".replace("|", "/")] + [""] * (len(head) - 5)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_msda(result: dict) -> str:
+    head = ["case", "impl", "dtype", "p50 ms", "GB/s (model)", "MB moved", "vs reference", "rel. error vs fp64"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            continue
+        lines.append("| " + " | ".join([r["case"], r["impl"], r["dtype"], _f(r["latency_ms"]["p50"], ".3f"),
+                                         _f(r.get("bandwidth_gbs"), ".2f"), _f(r["bytes"] / 1e6, ".2f"),
+                                         _f(r.get("speedup_vs_reference"), ".2f") + "x",
+                                         _f(r.get("rel_error_vs_fp64"), ".1e")]) + " |")
+    bad = [r for r in result["rows"] if r["status"] != "ok"]
+    for r, cases in collapse(bad, lambda r: (r["impl"], r["dtype"]), lambda r: r["case"]):
+        where = "all cases" if len(cases) == len(result.get("cases", [])) else ", ".join(cases)
+        lines.append("| " + " | ".join([where, r["impl"], r["dtype"], f"{r['status']}: {r['reason']}".replace("|", "/")]
+                                        + [""] * 4) + " |")
+    return "\n".join(lines)
+
+
+def markdown_stream(result: dict) -> str:
+    head = ["run", "windows/s", "e2e p50 ms", "p90 ms", "p99 ms", "max ms", "inference p50 ms", "frames out",
+            "dropped"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mode, r in result["runs"].items():
+        e, inf = r["end_to_end_ms"], r["inference_ms"]
+        lines.append("| " + " | ".join([mode, _f(r.get("windows_per_s"), ".2f"), _f(e.get("p50")), _f(e.get("p90")),
+                                         _f(e.get("p99")), _f(e.get("max")), _f(inf.get("p50")), str(r["output"]),
+                                         str(r["dropped"])]) + " |")
+    return "\n".join(lines)
+
+
+def markdown_gpu_check(result: dict) -> str:
+    lines = ["| target | measured | threshold | result |", "|---|---|---|---|"]
+    for t in result.get("targets", []):
+        value = "n/a" if t.get("value") is None else f"{t['value']:.2f}"
+        lines.append(f"| {t['name']} | {value} | {t['op']} {t['threshold']} | "
+                     f"{'PASS' if t['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    kind = result.get("kind")
+    fn = {"model": markdown_model, "msda": markdown_msda, "stream": markdown_stream,
+          "gpu_check": markdown_gpu_check}.get(kind)
+    if fn is None:
+        raise ValueError(f"no markdown for result kind {kind!r}")
+    return fn(result)
+
+
+def document(result: dict) -> str:
+    """A small markdown file: heading, date and device, the command, the table."""
+    return "\n".join([f"### {heading(result)}", "", f"Measured {result.get('date')} on {result.get('device_label')}.",
+                      "", "```bash", result.get("command", ""), "```", "", markdown(result), ""])

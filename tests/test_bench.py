@@ -1,0 +1,397 @@
+"""`autr bench` (model / msda / stream), its plots and markdown, the README generator and the GPU check's
+CPU-testable parts. The `tiny` preset at 64x64 with one thread and a few iterations; one export (made by
+the model benchmark into a per-module cache) is reused by the stream benchmark."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autr.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 64
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def exports_in(cache: Path) -> list:
+    """The ONNX exports in a bench cache (not the per-precision engine folders next to them)."""
+    return sorted(p for p in cache.iterdir() if (p / "model.json").is_file() and ".trt-" not in p.name)
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, ["bench", *args], catch_exceptions=False)
+
+
+def check_envelope(res: dict, kind: str, command: str) -> None:
+    assert res["autr_bench"] == 1 and res["kind"] == kind
+    when = dt.datetime.fromisoformat(res["date"])
+    assert when.utcoffset() == dt.timedelta(0)
+    assert res["command"].startswith(command)
+    assert res["device"]["cpu"] and res["device_label"]
+    assert {"numpy", "python"} <= set(res["versions"])
+    assert res["threads"]["cpu_count"] >= 1
+    assert isinstance(res["settings"], dict)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+@pytest.fixture(scope="module")
+def model_run(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-model")
+    args = ["model", "--preset", "tiny", "--size", str(SIZE), "--backend", "torch,ort,trt", "--frames", "1,2",
+            "--warmup", "1", "--iters", "3", "--threads", "1", "--cache", str(cache), "--quiet",
+            "--json", str(out / "model.json"), "--plot", str(out / "model.png"), "--markdown", str(out / "model.md")]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "model.json").read_text()), result
+
+
+def test_bench_cli_import_loads_click_only():
+    code = ("import sys, autr.benchmarks.cli; heavy = [m for m in ('torch', 'numpy', 'onnxruntime', 'matplotlib', "
+            "'autr.runtime') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bench_model_baseline_first_and_ratios(model_run):
+    _, res, result = model_run
+    check_envelope(res, "model", "autr bench model")
+    assert {"torch", "onnxruntime"} <= set(res["versions"])
+    assert res["threads"]["torch_intra_op"] == 1 and res["settings"]["threads"] == 1
+    rows = res["rows"]
+    # the research-code baseline: torch, fp32, eager, reference MSDA, first, one row per T
+    assert [(r["backend"], r["precision"], r["variant"], r["frames"]) for r in rows[:2]] == \
+        [("torch", "fp32", "eager, msda=reference", 1), ("torch", "fp32", "eager, msda=reference", 2)]
+    assert all(r["baseline"] and r["status"] == "ok" and r["speedup_vs_baseline"] == 1.0 for r in rows[:2])
+    ort = [r for r in rows if r["backend"] == "ort"]
+    assert [r["frames"] for r in ort] == [1, 2] and all(r["status"] == "ok" for r in ort)
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        lat = r["latency_ms"]
+        assert lat["count"] == 3 and len(r["samples_ms"]) == 3
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["throughput_fps"] == pytest.approx(r["frames"] / (lat["p50"] / 1e3), rel=1e-3)
+        base = next(b for b in rows[:2] if b["frames"] == r["frames"])
+        assert r["speedup_vs_baseline"] == pytest.approx(base["latency_ms"]["p50"] / lat["p50"], rel=1e-2)
+        assert r["memory"]["peak_rss_mb"] > 0 and r["memory"]["peak_rss_delta_mb"] >= 0
+    # CUDA-only torch variants and TensorRT are listed with their reasons, not dropped
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert any(r["backend"] == "torch" and "cuda" in r["variant"] for r in skipped)
+    trt = [r for r in rows if r["backend"] == "trt"]
+    assert [r["frames"] for r in trt] == [1, 2]
+    assert all(r["status"] == "skipped" and "TensorRT" in r["reason"] for r in trt)
+    assert res["model"]["preset"] == "tiny" and res["size"] == SIZE and res["model"]["params_m"] > 0
+    assert "ort fp32" in result.output and "skipped" in result.output
+
+
+def test_bench_model_plot_and_markdown(model_run):
+    out, res, _ = model_run
+    assert (out / "model.png").read_bytes()[:8] == PNG_MAGIC
+    md = (out / "model.md").read_text()
+    assert md.startswith("### `autr bench model`") and res["command"] in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| backend | precision |")
+    assert table[1].startswith("| torch (baseline) | fp32 | eager, msda=reference | 1 |")
+    assert any("| trt | fp32 | engine | 1,2 | skipped:" in line for line in table)
+
+
+def test_bench_model_reuses_the_export(model_run, cache):
+    exports = exports_in(cache)
+    assert len(exports) == 1
+    side = json.loads((exports[0] / "model.json").read_text())
+    assert side["frames"]["max"] == 2 and side["checkpoint"]["preset"] == "tiny"
+    out = model_run[0]
+    result = run_cli(["model", "--onnx", str(exports[0]), "--backend", "ort", "--frames", "1", "--iters", "1",
+                      "--warmup", "0", "--threads", "1", "--quiet", "--json", str(out / "onnx.json")])
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "onnx.json").read_text())
+    assert res["model"]["source"]["source"] == "export" and res["export"]["dir"] == str(exports[0])
+    assert [r["backend"] for r in res["rows"]] == ["torch", "ort"]
+    assert exports_in(cache) == exports  # nothing re-exported
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--backend", "torch,tensorflow"], "unknown backend 'tensorflow'"),
+    (["--frames", "0"], "--frames must be >= 1"),
+    (["--frames", "1,x"], "bad frame count"),
+    (["--precision", "int8"], "unknown precision"),
+    (["--onnx", "/no/such/export"], "no such export directory"),
+    (["--checkpoint", "/no/such.safetensors"], "no such file"),
+    (["--size", "100"], "multiple of 32"),
+    (["--frames", "9"], "at most T = 5"),
+])
+def test_bench_model_bad_inputs_exit_2_with_one_line(args, words):
+    result = run_cli(["model", "--preset", "tiny", "--iters", "1", *args] if "--checkpoint" not in args
+                     else ["model", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bench_other_commands_refuse_bad_inputs():
+    for args, words in ((["msda", "--impl", "magic"], "unknown implementation"),
+                        (["msda", "--frames", "0"], "--frames must be >= 1"),
+                        (["msda", "--preset", "huge"], "unknown preset"),
+                        (["stream", "--backend", "onnx"], "unknown backend"),
+                        (["stream", "--input", "/no/such.mp4"], "no such file"),
+                        (["stream", "--onnx", "/no/such/dir"], "no such export")):
+        result = run_cli(args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (args, result.stderr)
+
+
+# ------------------------------------------------------------------------------------------------- msda
+def test_bytes_model_matches_a_hand_count():
+    from autr.benchmarks.msda_bench import MsdaCase, bytes_moved
+
+    # N=1, Lq=2 queries, M=1 head, D=2 channels, one level 2x3, P=1 point, float32:
+    # each of the 2 samples reads 4 corners x 2 channels x 4 B = 32 B, its (x, y) 8 B, its weight 4 B -> 44 B;
+    # each of the 2 outputs writes 2 channels x 4 B = 8 B.  2*44 + 2*8 = 104 B.
+    case = MsdaCase("hand", n=1, lq=2, m=1, d=2, p=1, shapes=[(2, 3)])
+    b = bytes_moved(case, "fp32")
+    assert b["bytes"] == 104
+    assert (b["value_reads"], b["location_weight_reads"], b["output_writes"]) == (64, 24, 16)
+    # compulsory: value 6 positions x 2 ch (48 B) + locations/weights 2 x 3 (24 B) + output (16 B) = 88 B
+    assert b["compulsory_bytes"] == 88
+    assert bytes_moved(case, "fp16")["bytes"] == 52
+
+
+def test_model_and_detr_cases():
+    import autr
+    from autr.benchmarks.msda_bench import detr_case, model_cases
+    from autr.export.onnx_export import record_msda_calls
+    from autr.transformer import MSDeformAttn
+
+    model = autr.build_model("tiny", seed=0).eval()
+    enc, dec = model_cases("tiny", SIZE, 2)
+    calls = record_msda_calls(model, SIZE)
+    assert [list(s) for s in enc.shapes] == [list(s) for s in calls[0]["spatial_shapes"]]
+    attn = next(m for m in model.modules() if isinstance(m, MSDeformAttn))
+    assert (enc.m, enc.p, enc.levels, enc.m * enc.d) == (attn.n_heads, attn.n_points, attn.n_levels,
+                                                         model.cfg.d_model)
+    assert enc.n == 2 and enc.lq == enc.s == 8 * 8 + 4 * 4 + 2 * 2 and dec.lq == model.cfg.n_queries
+    detr = detr_case()
+    assert (detr.n, detr.m, detr.d, detr.p, detr.levels) == (1, 8, 32, 4, 4)
+    assert detr.lq == detr.s == 15000 + 3750 + 950 + 247
+
+
+def test_bench_msda_on_cpu(tmp_path):
+    out = tmp_path / "msda.json"
+    result = run_cli(["msda", "--preset", "tiny", "--size", str(SIZE), "--frames", "2", "--cases", "model",
+                      "--iters", "3", "--warmup", "1", "--threads", "1", "--quiet", "--json", str(out),
+                      "--plot", str(tmp_path / "msda.png"), "--markdown", str(tmp_path / "msda.md")])
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    check_envelope(res, "msda", "autr bench msda")
+    from autr.benchmarks.msda_bench import MsdaCase, bytes_moved
+
+    ok = [r for r in res["rows"] if r["status"] == "ok"]
+    assert [(r["case"], r["impl"], r["dtype"]) for r in ok] == [("tiny@64 encoder", "reference", "fp32"),
+                                                                 ("tiny@64 decoder", "reference", "fp32")]
+    cases = {c["name"]: c for c in res["cases"]}
+    for r in ok:
+        c = cases[r["case"]]
+        case = MsdaCase(c["name"], c["n"], c["lq"], c["m"], c["d"], c["p"], [tuple(s) for s in c["shapes"]])
+        assert r["bytes"] == bytes_moved(case, "fp32")["bytes"] > r["compulsory_bytes"] > 0
+        gbs = r["bytes"] / (r["latency_ms"]["p50"] * 1e-3) / 1e9
+        assert r["bandwidth_gbs"] == pytest.approx(gbs, rel=1e-2) and 0 < gbs < 1e4
+        assert r["rel_error_vs_fp64"] < 1e-5 and r["rel_l2_error_vs_fp64"] < 1e-5
+        assert r["speedup_vs_reference"] == 1.0
+    reasons = {(r["impl"], r["dtype"]): r["reason"] for r in res["rows"] if r["status"] == "skipped"}
+    assert "CUDA" in reasons[("cuda", "fp32")] and "TensorRT" in reasons[("trt", "fp32")]
+    assert "float16" in reasons[("reference", "fp16")]
+    assert (tmp_path / "msda.png").read_bytes()[:8] == PNG_MAGIC
+    md = (tmp_path / "msda.md").read_text()
+    assert "| tiny@64 encoder | reference | fp32 |" in md and "| all cases | trt | fp16 | skipped:" in md
+
+
+# ------------------------------------------------------------------------------------------------- stream
+def test_synth_media_has_video_and_audio(tmp_path):
+    import av
+
+    from autr.benchmarks.stream_bench import make_synth_media
+
+    path = make_synth_media(tmp_path / "s.mp4", seconds=1.5, fps=8, size=48)
+    with av.open(str(path)) as c:
+        assert c.streams.video and c.streams.audio
+        assert c.streams.audio[0].codec_context.sample_rate == 16000
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames == 12
+
+
+def test_bench_stream_on_a_short_file(model_run, cache, tmp_path):
+    out = tmp_path / "stream.json"
+    result = run_cli(["stream", "--preset", "tiny", "--size", str(SIZE), "--seconds", "2", "--fps", "10",
+                      "--video-size", str(SIZE), "--threads", "1", "--cache", str(cache), "--quiet",
+                      "--json", str(out), "--plot", str(tmp_path / "stream.png")])
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    check_envelope(res, "stream", "autr bench stream")
+    assert list(res["runs"]) == ["realtime", "fast"]
+    for mode, r in res["runs"].items():
+        assert r["error"] is None and r["stopped_by"] == "end of input"
+        assert r["captured"] == 20 and r["output"] + r["dropped"] <= r["captured"] and r["output"] > 0
+        assert r["windows_per_s"] > 0
+        e = r["end_to_end_ms"]
+        assert e["count"] == r["output"] and 0 < e["p50"] <= e["p90"] <= e["p99"] <= e["max"]
+        assert r["report"]["backend"]["name"] == "ort"
+    assert res["runs"]["fast"]["dropped"] == 0
+    assert res["runs"]["realtime"]["wall_seconds"] >= 1.5  # paced like the 2 s file
+    assert (tmp_path / "stream.png").read_bytes()[:8] == PNG_MAGIC
+    # the model benchmark's export (T 1..2) served the stream (T = 1): nothing new in the cache
+    assert len(exports_in(cache)) == 1
+
+
+# ------------------------------------------------------------------------------------------------- README
+def test_readme_generator_replaces_only_the_marked_section(model_run, tmp_path):
+    from autr.benchmarks.readme import END, START, main as readme_main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model_cpu.json").write_text((model_run[0] / "model.json").read_text())
+    (results / "model_cpu.png").write_bytes((model_run[0] / "model.png").read_bytes())
+    (results / "presets_cpu.json").write_text('{"size": 224, "presets": []}')  # not a bench result: skipped
+    before, after = "# Title\n\nIntro text.\n\n## Performance\n\n", "\n\n## Next section\n\nMore text.\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{before}{START}\nold hand-typed numbers\n{END}{after}")
+    assert readme_main(["--readme", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    assert text.startswith(before + START) and text.endswith(END + after)
+    section = text.split(START)[1].split(END)[0]
+    res = json.loads((results / "model_cpu.json").read_text())
+    assert "old hand-typed" not in section and "do not edit by hand" in section
+    assert "`autr bench model` — tiny at 64x64" in section and res["command"] in section and res["date"] in section
+    assert "| torch (baseline) | fp32 | eager, msda=reference | 1 |" in section
+    assert "](results/model_cpu.json)" in section and "](results/model_cpu.png)" in section
+    assert "presets_cpu" not in section
+    assert readme_main(["--readme", str(readme), "--results", str(results)]) == 0
+    assert readme.read_text() == text  # idempotent
+    assert readme_main(["--readme", str(readme), "--results", str(results), "--check"]) == 0
+    readme.write_text(text.replace("| torch (baseline)", "| torch (edited)", 1))
+    assert readme_main(["--readme", str(readme), "--results", str(results), "--check"]) == 1
+    readme.write_text("# no markers here\n")
+    assert readme_main(["--readme", str(readme), "--results", str(results)]) == 2
+    assert readme.read_text() == "# no markers here\n"
+
+
+def test_readme_via_the_cli_and_as_a_module(tmp_path):
+    from autr.benchmarks.readme import END, START
+
+    readme = tmp_path / "R.md"
+    readme.write_text(f"a\n{START}{END}\nb\n")
+    empty = tmp_path / "none"
+    empty.mkdir()
+    result = run_cli(["readme", "--readme", str(readme), "--results", str(empty)])
+    assert result.exit_code == 0, result.output
+    assert "No benchmark results are committed yet." in readme.read_text()
+    proc = subprocess.run([sys.executable, "-m", "autr.benchmarks.readme", "--readme", str(readme), "--results",
+                           str(empty), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------- GPU check
+@pytest.mark.parametrize("how", [["-m", "autr.benchmarks.gpu_check"], [str(ROOT / "benchmarks" / "gpu_check.py")]])
+def test_gpu_check_without_cuda_exits_2_with_one_line(how, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run([sys.executable, *how, "--out", str(tmp_path)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a CUDA GPU" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_targets_on_synthetic_numbers():
+    from autr.benchmarks.gpu_check import TARGETS, check_targets, format_targets, result_path
+
+    good = {"msda_forward_fp32_max_error": 3e-7, "msda_forward_fp16_max_error": 4e-4, "msda_gradcheck": 1,
+            "msda_kernel_speedup_model": 12.0, "msda_kernel_speedup_detr": 7.5, "whole_model_speedup_small": 2.4,
+            "whole_model_speedup_paper-r50": 3.1}
+    res = check_targets(good)
+    assert [t["name"] for t in res] == list(TARGETS) and all(t["passed"] for t in res)
+    bad = dict(good, msda_kernel_speedup_detr=4.9, msda_forward_fp32_max_error=2e-5)
+    del bad["whole_model_speedup_small"]
+    res = {t["name"]: t["passed"] for t in check_targets(bad)}
+    assert not res["msda_kernel_speedup_detr"] and not res["msda_forward_fp32_max_error"]
+    assert not res["whole_model_speedup_small"] and res["msda_kernel_speedup_model"]
+    text = format_targets(check_targets(bad))
+    assert "FAIL  msda_kernel_speedup_detr: 4.9 (target >= 5.0)" in text
+    assert "FAIL  whole_model_speedup_small: not measured" in text
+    assert "PASS  msda_gradcheck" in text
+    p = result_path(None, "NVIDIA H100 80GB HBM3", "2025-01-02T03:04:05+00:00")
+    assert p.name == "gpu_nvidia-h100-80gb-hbm3_2025-01-02.json" and p.parent.name == "results"
+    assert result_path("x/y.json", "gpu", "2025-01-02") == Path("x/y.json")
+
+
+def test_forward_equals_the_model_on_cpu():
+    import torch
+
+    import autr
+    from autr.benchmarks.model_bench import forward
+
+    model = autr.build_model("tiny", seed=3).eval()
+    frames, log_mel = torch.randn(2, 3, SIZE, SIZE), torch.randn(2, 1, 96, 64)
+    with torch.inference_mode():
+        ref = model(frames, log_mel)
+        masks, scores = forward(model, frames, log_mel)
+    assert torch.equal(masks, ref["masks"]) and torch.equal(scores, ref["scores"])
+
+
+def test_torch_runner_refuses_what_the_cpu_cannot_do():
+    import autr
+    from autr.benchmarks.model_bench import TorchRunner
+
+    model = autr.build_model("tiny", seed=0)
+    for kwargs, words in (({"precision": "fp16"}, "CUDA autocast"), ({"msda": "cuda"}, "CUDA tensors"),
+                          ({"graphs": True}, "CUDA graphs need")):
+        with pytest.raises(RuntimeError, match=words):
+            TorchRunner(model, "cpu", **kwargs)
+
+
+def test_peak_rss_sees_an_allocation():
+    import numpy as np
+
+    from autr.benchmarks.core import PeakRss
+
+    with PeakRss() as mem:
+        x = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, touched
+        del x
+    r = mem.result()
+    assert r["peak_rss_delta_mb"] >= 48 and r["peak_rss_mb"] >= r["rss_start_mb"]
+
+
+def test_trt_engines_are_built_per_precision_next_to_the_export(model_run, cache, monkeypatch):
+    """Without --engine, the trt rows build engines through autr.export.trt.build_engine, one folder per
+    precision linked to the export (stubbed here: no TensorRT)."""
+    from autr.benchmarks import model_bench
+    from autr.export import trt as export_trt
+
+    export = exports_in(cache)[0]
+    calls = []
+
+    def fake_build(directory, fp16=False, log=None, **kwargs):
+        calls.append((Path(directory).name, fp16, sorted(p.name for p in Path(directory).iterdir())))
+        return {"engine_path": str(Path(directory) / "model.engine")}
+
+    monkeypatch.setattr(export_trt, "build_engine", fake_build)
+    path = model_bench.build_bench_engine(export, "fp32")
+    assert path == export.parent / f"{export.name}.trt-fp32" / "model.engine"
+    assert calls == [(f"{export.name}.trt-fp32", False, ["model.json", "model.plugin.onnx"])]
+    assert (path.parent / "model.plugin.onnx").read_bytes() == (export / "model.plugin.onnx").read_bytes()
+    with pytest.raises(model_bench.BenchError, match="model.plugin.fp16.onnx not found"):
+        model_bench.build_bench_engine(export, "fp16")  # the test export has no float16 graphs
