@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -290,6 +291,7 @@ class StreamRunner:
         (KeyboardInterrupt) is caught, reported as ``stopped_by: "interrupt"`` and not re-raised."""
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         interrupted = False
+        previous_handler = self._catch_sigint()
         try:
             if self.warmup:
                 t0 = now()
@@ -305,6 +307,8 @@ class StreamRunner:
                 th.start()
                 self._threads.append(th)
             while True:
+                if self._sigint:
+                    raise KeyboardInterrupt
                 try:
                     p = self.q_out.get(timeout=0.1)
                 except TimeoutError:
@@ -322,8 +326,28 @@ class StreamRunner:
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
         finally:
-            self._shutdown(interrupted)
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            self._shutdown(interrupted or self._sigint)
         return self.report()
+
+    def _catch_sigint(self):
+        """In the main thread, the first Ctrl-C only raises a flag that the output loop checks between frames,
+        so the interrupt never lands inside an encoder or a queue; a second Ctrl-C interrupts at once.
+        Returns the previous handler (None where signals cannot be handled here)."""
+        self._sigint = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigint(signum, frame):
+            if self._sigint:
+                raise KeyboardInterrupt
+            self._sigint = True
+
+        try:
+            return signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:
+            return None
 
     def _shutdown(self, interrupted: bool) -> None:
         self._stop.set()
