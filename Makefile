@@ -36,9 +36,9 @@ test: install
 test-slow: install
 	$(PYTEST) -m slow -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
-# The embedded default model arrives with the training issue; until then the demo runs untrained weights.
+# The main job on the embedded default: a live synthetic scene through ONNX Runtime (autr-demo/).
 demo: install
-	$(BIN)/autr demo $(if $(wildcard autr/assets/*.safetensors),,--checkpoint untrained)
+	$(BIN)/autr demo
 
 presets: install
 	$(BIN)/autr presets --measure
