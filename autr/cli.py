@@ -227,8 +227,7 @@ def demo(checkpoint, seconds, fps, seed, threads, out):
         report = run_demo(checkpoint, out=out, seconds=seconds, fps=fps, seed=seed, threads=threads,
                           log=lambda m: click.echo(m, err=True))
     except (CheckpointError, ExportError, StreamError) as exc:
-        _fail(f"{exc}\n      or run `autr demo --checkpoint untrained` to see the pipeline with random weights"
-              if "embedded default" in str(exc) else str(exc))
+        _fail(str(exc))
     click.echo(summarize(report))
     if report.get("error"):
         _fail(report["error"], code=1)

@@ -61,7 +61,7 @@ def run_demo(checkpoint="default", out="autr-demo", seconds: float = 10.0, fps: 
     finally:
         backend.close()
     report["demo"] = {"checkpoint": str(checkpoint), "export": str(model_dir), "video": str(sink.path),
-                      "video_frames": sink.frames}
+                      "video_frames": sink.frames, "report": str(out / "report.json")}
     write_report(report, out / "report.json")
     return report
 
@@ -79,6 +79,6 @@ def summarize(report: dict) -> str:
     if gt:
         lines.append(f"mean IoU with the sounding object: {gt['mean_iou']:.3f} over {gt['frames_with_sound']} "
                      "frames with sound")
-    demo = report.get("demo", {})
-    lines.append(f"wrote {demo.get('video')} and {Path(demo.get('video', '.')).parent / 'report.json'}")
+    demo = report["demo"]
+    lines.append(f"wrote {demo['video']} and {demo['report']}")
     return "\n".join(lines)

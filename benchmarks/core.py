@@ -33,7 +33,7 @@ from importlib import metadata as _metadata
 from pathlib import Path
 
 __all__ = ["BenchError", "RESULTS_DIR", "utc_now", "parse_list", "time_cpu", "time_cuda", "time_fn", "summarize",
-           "PeakRss", "environment", "envelope", "write_result", "read_result", "command_line", "slug",
+           "PeakRss", "environment", "envelope", "write_result", "command_line", "slug",
            "gpu_environment"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -74,8 +74,9 @@ def parse_list(text, choices=None, what: str = "value", cast=str) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- timing
-def time_cpu(fn, warmup: int = 2, iters: int = 10) -> list:
-    """Wall time of `fn()` in ms, `iters` samples after `warmup` untimed calls."""
+def time_cpu(fn, warmup: int = 2, iters: int = 10, after=None) -> list:
+    """Wall time of `fn()` in ms, `iters` samples after `warmup` untimed calls; `after()`, if given, runs
+    after each timed call, outside the timing (e.g. to read that call's GPU times)."""
     for _ in range(warmup):
         fn()
     out = []
@@ -83,6 +84,8 @@ def time_cpu(fn, warmup: int = 2, iters: int = 10) -> list:
         t0 = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t0) * 1e3)
+        if after is not None:
+            after()
     return out
 
 
@@ -312,13 +315,3 @@ def write_result(result: dict, path) -> Path:
     from autr.runtime.pipeline import write_report
 
     return write_report(result, path)
-
-
-def read_result(path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or "autr_bench" not in data:
-        raise BenchError(f"{path} is not an `autr bench` result")
-    return data

@@ -24,15 +24,16 @@ separately (CUDA events / pycuda events; for ONNX Runtime's CUDA provider, wall 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
 from pathlib import Path
 
+from autr.runtime.backends.base import Backend
+
 from .core import BenchError
 
-__all__ = ["BACKENDS", "PRECISIONS", "TorchRunner", "forward", "cached_export",
+__all__ = ["BACKENDS", "PRECISIONS", "TorchRunner", "cached_export",
            "resolve_model_source", "run_model_bench", "format_model", "validate_model_args", "default_cache_dir"]
 
 BACKENDS = ("torch", "ort", "trt")
@@ -161,13 +162,6 @@ def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=
 
 
 # ----------------------------------------------------------------------------------------------- torch rows
-def forward(model, frames, log_mel):
-    """(masks [T,H,W], scores [T]) of the model in eval mode. The model is CUDA-graph capturable once it has
-    run eagerly at this input size (autr.model.AuTR.level_tensors, autr.ops.can_read_values)."""
-    out = model(frames, log_mel)
-    return out["masks"], out["scores"]
-
-
 @contextlib.contextmanager
 def msda_backend(name: str):
     import autr.ops as ops
@@ -180,13 +174,7 @@ def msda_backend(name: str):
         ops.set_backend(previous)
 
 
-def _torch_backend_base():
-    from autr.runtime.backends.base import Backend
-
-    return Backend
-
-
-class TorchRunner(_torch_backend_base()):
+class TorchRunner(Backend):
     """The PyTorch model as an `autr.runtime` Backend, in one configuration.
 
     Args:
@@ -270,12 +258,13 @@ class TorchRunner(_torch_backend_base()):
             with torch.cuda.stream(side):
                 for _ in range(3):
                     with self._autocast(graphs=True):
-                        forward(self.model, d_f, d_a)
+                        self.model(d_f, d_a)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 with self._autocast(graphs=True):
-                    out = forward(self.model, d_f, d_a)
+                    res = self.model(d_f, d_a)  # capturable after one eager call (AuTR.level_tensors)
+                    out = res["masks"], res["scores"]
         torch.cuda.synchronize()
         return graph, out
 
@@ -349,19 +338,17 @@ def _split_summary(splits: list) -> dict:
 
 def _timed_calls(backend, frames, log_mel, warmup: int, iters: int, split=None):
     """(host-to-host samples ms, GPU splits) of `backend.infer`; `split(backend)` reads one call's GPU times."""
-    import time
+    from .core import time_cpu
 
-    for _ in range(warmup):
-        backend.infer(frames, log_mel)
-    samples, splits = [], []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        backend.infer(frames, log_mel)
-        samples.append((time.perf_counter() - t0) * 1e3)
-        if split is not None:
-            s = split(backend)
-            if s is not None:
-                splits.append(s)
+    splits = []
+
+    def read_split():
+        s = split(backend)
+        if s is not None:
+            splits.append(s)
+
+    samples = time_cpu(lambda: backend.infer(frames, log_mel), warmup, iters,
+                       after=read_split if split is not None else None)
     return samples, splits
 
 
@@ -706,7 +693,7 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
         export_dir = cached_export(model, size, max(frames), "fp16" in precisions, cache_dir, log=say, source=source)
     if export_dir is not None and sidecar is None:
         sidecar = json.loads((export_dir / "model.json").read_text())
-    if provider == "auto":
+    if provider == "auto" and "ort" in backends:
         import onnxruntime as ort
 
         provider = "cuda" if device.startswith("cuda") and \
@@ -715,17 +702,16 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
     info = {"preset": cfg.name, "config": cfg.to_dict(), "source": source,
             "params_m": round(count_parameters(model) / 1e6, 3),
             "gflops_per_frame": round(gflops_per_frame(model, size), 3)}
-    model_dev = model if device == "cpu" else copy.deepcopy(model)
 
     rows = []
     for t in frames:  # the research-code baseline first
         say(f"baseline: torch fp32 eager msda=reference T={t}")
-        rows.append(torch_row(model_dev, device, "fp32", "reference", False, t, size, warmup, iters, baseline=True))
+        rows.append(torch_row(model, device, "fp32", "reference", False, t, size, warmup, iters, baseline=True))
     if "torch" in backends:
         for precision, msda, graphs in torch_variants(device, precisions):
             for t in frames:
                 say(f"torch {precision} msda={msda}{' cuda-graph' if graphs else ''} T={t}")
-                rows.append(torch_row(model_dev, device, precision, msda, graphs, t, size, warmup, iters))
+                rows.append(torch_row(model, device, precision, msda, graphs, t, size, warmup, iters))
     if "ort" in backends:
         for precision in precisions:
             for t in frames:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,15 +41,12 @@ def gflops_per_frame(model: torch.nn.Module, size: int) -> float:
 
 def cpu_latency_ms(model: torch.nn.Module, t: int, size: int, warmup: int = 2, iters: int = 5) -> dict:
     """Median / min / max wall time of one clip of T frames, in milliseconds."""
+    from autr.benchmarks.core import time_cpu
+
     model = model.eval()
     frames, log_mel = dummy_clip(t, size)
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + iters):
-            start = time.perf_counter()
-            model(frames, log_mel)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
+        times = time_cpu(lambda: model(frames, log_mel), warmup, iters)
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "iters": iters}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -84,10 +85,8 @@ def run_all(root: Path, args, log=print) -> dict:
         if not (data_dir / "synth_info.json").is_file():
             _run(_autr() + step["data"], log)
         run_dir = root / name
-        train_s = None
         if not (run_dir / "done.json").is_file():
-            train_s = _run(_autr() + step["train"], log)
-            (run_dir / "done.json").write_text(json.dumps({"train_seconds": train_s}))
+            (run_dir / "done.json").write_text(json.dumps({"train_seconds": _run(_autr() + step["train"], log)}))
         train_s = json.loads((run_dir / "done.json").read_text())["train_seconds"]
         if not (run_dir / "test.json").is_file():
             _run(_autr() + step["eval"], log)
@@ -135,8 +134,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     started = time.time()
     rows = run_all(args.root, args)
-    import os
-
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
               "command": "python -m autr.benchmarks.paper_tables " + shlex.join(argv if argv is not None else sys.argv[1:]),

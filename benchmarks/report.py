@@ -90,7 +90,7 @@ def markdown_stream(result: dict) -> str:
 def markdown_gpu_check(result: dict) -> str:
     lines = ["| target | measured | threshold | result |", "|---|---|---|---|"]
     for t in result.get("targets", []):
-        value = "n/a" if t.get("value") is None else f"{t['value']:.2f}"
+        value = "n/a" if t.get("value") is None else f"{t['value']:.3g}"
         lines.append(f"| {t['name']} | {value} | {t['op']} {t['threshold']} | "
                      f"{'PASS' if t['passed'] else 'FAIL'} |")
     return "\n".join(lines)

@@ -9,8 +9,8 @@ import sys
 
 import click
 
-DEFAULT_OPSET = 18  # = autr.export.onnx_export.DEFAULT_OPSET (kept here so --help stays light)
-DEFAULT_WORKSPACE_GB = 4.0  # = autr.export.trt.DEFAULT_WORKSPACE_GB
+from autr.export.onnx_export import DEFAULT_OPSET  # these modules import torch / onnx only when they run
+from autr.export.trt import DEFAULT_WORKSPACE_GB
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -1,6 +1,6 @@
 """MSDA at the PyTorch/ONNX boundary: the `AutrMSDeformAttn` node of the plugin graph.
 
-Four pieces, all keyed to DESIGN.md's MSDA contract:
+Three pieces, all keyed to DESIGN.md's MSDA contract:
 
 * `torch.ops.autr_export.ms_deform_attn` — a `torch.library` custom op that the exporter keeps as one
   node; its eager implementation is `autr.ops.ms_deform_attn_reference`, so tracing sees the real
@@ -11,7 +11,6 @@ Four pieces, all keyed to DESIGN.md's MSDA contract:
   attention_weights) with the two index inputs as int32 constants.
 * `register_onnx_schema` — an `onnx.defs` schema (types + a shape-inference function) for the node,
   so `onnx.checker.check_model(full_check=True)` and `onnx.shape_inference` understand it.
-* `msda_numpy` — a numpy implementation (the check's stand-in for the TensorRT plugin).
 
 `swap_msda(shapes)` is the context manager that routes the model's MSDA calls into the custom op
 while the exporter traces it.
@@ -35,43 +34,6 @@ def level_start_index(shapes) -> list[int]:
         starts.append(total)
         total += int(h) * int(w)
     return starts
-
-
-# --------------------------------------------------------------------------------------- numpy
-def msda_numpy(value, spatial_shapes, level_start, sampling_locations, attention_weights):
-    """MSDA in numpy (DESIGN.md semantics: bilinear at x*W-0.5, y*H-0.5, zero outside).
-
-    Computes in float32 (float16 inputs are widened) and returns the dtype of `value`.
-    """
-    out_dtype = value.dtype
-    value = np.asarray(value, np.float32)
-    loc = np.asarray(sampling_locations, np.float32)
-    attn = np.asarray(attention_weights, np.float32)
-    shapes = np.asarray(spatial_shapes).reshape(-1, 2).astype(np.int64)
-    starts = np.asarray(level_start).reshape(-1).astype(np.int64)
-    n, s, m, d = value.shape
-    _, lq, _, n_levels, p, _ = loc.shape
-    out = np.zeros((n, m, lq * p, d), np.float32)
-    v_all = value.transpose(0, 2, 1, 3)  # [N, M, S, D]
-    for lvl in range(n_levels):
-        h, w = int(shapes[lvl, 0]), int(shapes[lvl, 1])
-        v = v_all[:, :, starts[lvl]:starts[lvl] + h * w]  # [N, M, HW, D]
-        # [N, Lq, M, P] -> [N, M, Lq*P]
-        x = (loc[:, :, :, lvl, :, 0] * w - 0.5).transpose(0, 2, 1, 3).reshape(n, m, lq * p)
-        y = (loc[:, :, :, lvl, :, 1] * h - 0.5).transpose(0, 2, 1, 3).reshape(n, m, lq * p)
-        a = attn[:, :, :, lvl, :].transpose(0, 2, 1, 3).reshape(n, m, lq * p)
-        x0, y0 = np.floor(x), np.floor(y)
-        fx, fy = x - x0, y - y0
-        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-        for dy, wy in ((0, 1 - fy), (1, fy)):
-            for dx, wx in ((0, 1 - fx), (1, fx)):
-                xi, yi = x0 + dx, y0 + dy
-                valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-                idx = np.where(valid, yi * w + xi, 0)
-                corner = np.take_along_axis(v, idx[..., None], axis=2)  # [N, M, Lq*P, D]
-                out += corner * (wx * wy * valid * a)[..., None]
-    out = out.reshape(n, m, lq, p, d).sum(3)  # [N, M, Lq, D]
-    return np.ascontiguousarray(out.transpose(0, 2, 1, 3).reshape(n, lq, m * d)).astype(out_dtype)
 
 
 # --------------------------------------------------------------------------------------- torch

@@ -22,7 +22,7 @@ How (see DESIGN.md, "ONNX contract"):
    so both graphs are the same graph apart from MSDA.
 5. Both pass `onnx.checker.check_model(full_check=True)` and strict shape inference (the custom
    node has a registered onnx schema with a shape-inference function), then a parity check against
-   PyTorch in ONNX Runtime (plugin graph: MSDA in numpy through onnxruntime-extensions).
+   PyTorch in ONNX Runtime (plugin graph: MSDA by the PyTorch reference through onnxruntime-extensions).
 6. Files are written to a temporary directory next to DIR and swapped in at once.
 """
 from __future__ import annotations
@@ -465,7 +465,7 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
                     "mean_abs": max(r["mean_abs"] for r in rows.values()),
                     "iou_min": min(r["iou_min"] for r in rows.values()),
                     "score_max_abs": max(r["score_max_abs"] for r in rows.values()),
-                    "measured_with": "ONNX Runtime CPU (float16 tensors between ops; MSDA in numpy), "
+                    "measured_with": "ONNX Runtime CPU (float16 tensors between ops; MSDA by the PyTorch reference), "
                                      "random clips " + ", ".join(rows)}
             elif rows is not None:
                 records[kind]["error_vs_torch_fp32"] = rows

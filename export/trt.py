@@ -149,18 +149,14 @@ def shape_profile(profile, input_size) -> dict:
     return {name: {k: shape(int(t)) for k, t in zip(("min", "opt", "max"), profile)} for name, shape in per_t.items()}
 
 
-def _cc_text(cc) -> str:
-    if isinstance(cc, (list, tuple)):
-        return ".".join(str(int(x)) for x in cc)
-    return str(cc)
-
-
 def cache_key(*, onnx_sha256: str, precision: str, profile, input_size, tensorrt_version: str, gpu_name: str,
               compute_capability, plugin_library_hash: str, toolkit_version: str) -> dict:
     """Everything an engine plan depends on (see CACHE_KEYS); JSON-plain so that it compares after a round trip."""
+    from autr.runtime.backends.trt import cc_text  # the runtime compares compute capabilities the same way
+
     key = {"onnx_sha256": onnx_sha256, "precision": precision, "profile": [int(x) for x in profile],
            "input_size": [int(x) for x in input_size], "tensorrt_version": str(tensorrt_version),
-           "gpu_name": str(gpu_name), "compute_capability": _cc_text(compute_capability),
+           "gpu_name": str(gpu_name), "compute_capability": cc_text(compute_capability),
            "plugin_library_hash": plugin_library_hash, "toolkit_version": str(toolkit_version)}
     assert set(key) == set(CACHE_KEYS)
     return json.loads(json.dumps(key))

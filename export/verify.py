@@ -1,7 +1,7 @@
 """`autr export verify DIR`: the same clips through PyTorch and the exported graphs in ONNX Runtime.
 
 Graphs checked: the portable graph (stock ONNX Runtime), the plugin graph with its
-`autr::AutrMSDeformAttn` nodes served by a numpy implementation (`autr.export.msda.msda_numpy`)
+`autr::AutrMSDeformAttn` nodes served by the project's MSDA reference (`autr.ops.ms_deform_attn_reference`)
 registered through onnxruntime-extensions' Python custom ops, and the float16 graphs when present.
 
 onnxruntime-extensions registers Python ops in its own domain `ai.onnx.contrib` by default; an
@@ -49,7 +49,14 @@ def register_numpy_plugin() -> None:
     from autr.export import msda
 
     def impl(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, **_attrs):
-        return msda.msda_numpy(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        import torch
+
+        from autr.ops import ms_deform_attn_reference
+
+        args = [torch.from_numpy(np.ascontiguousarray(x)) for x in
+                (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)]
+        args[1], args[2] = args[1].long(), args[2].long()
+        return ms_deform_attn_reference(*args).numpy()
 
     dt = D.dt_float
     onnx_op(op_type=f"{msda.DOMAIN}::{msda.OP_TYPE}", inputs=[dt, D.dt_int32, D.dt_int32, dt, dt],
@@ -89,7 +96,7 @@ def bridge_fp16_msda(model):
 
 
 def session(path, plugin: bool = False, threads: int | None = None):
-    """An ONNX Runtime CPU session; `plugin` adds the numpy AutrMSDeformAttn."""
+    """An ONNX Runtime CPU session; `plugin` adds AutrMSDeformAttn (the PyTorch reference)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -286,7 +293,7 @@ def format_row(row: dict) -> str:
 
 def format_table(result: dict) -> str:
     lines = [HEADER] + [format_row(r) for r in result["rows"]]
-    lines.append(f"* plugin graphs run their MSDA nodes in numpy (onnxruntime-extensions): their latency "
+    lines.append(f"* plugin graphs run their MSDA nodes through the PyTorch reference (onnxruntime-extensions): their latency "
                  f"measures the check, not TensorRT. Limits: max|Δ| <= {TOLERANCE['max_abs']}, "
                  f"IoU >= {TOLERANCE['iou']} (fp32 graphs).")
     return "\n".join(lines)

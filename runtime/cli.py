@@ -178,5 +178,5 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                 pass
 
 
-def main(argv=None):  # `python -m autr.runtime` (standalone, before the lead registers `autr stream`)
+def main(argv=None):  # `python -m autr.runtime` (the same command as `autr stream`)
     stream.main(args=argv, prog_name="autr stream")

@@ -232,7 +232,7 @@ class StreamRunner:
         p.mask = mask_from_logits(p.mask_logits, h, w, self.threshold)
         if frame.gt is not None:
             gt = np.asarray(frame.gt).astype(bool)
-            pred = mask_from_logits(p.mask_logits, gt.shape[0], gt.shape[1], self.threshold)
+            pred = p.mask if gt.shape == (h, w) else mask_from_logits(p.mask_logits, *gt.shape, self.threshold)
             union = np.logical_or(pred, gt).sum()
             if gt.any():
                 self.gt_frames += 1
@@ -311,9 +311,7 @@ class StreamRunner:
                     raise KeyboardInterrupt
                 try:
                     p = self.q_out.get(timeout=0.1)
-                except TimeoutError:
-                    if self.source.error is not None and self._error is None and self.source.frames.closed:
-                        continue  # drain what is in flight; the source's error is reported below
+                except TimeoutError:  # also while draining after a source error (reported below)
                     continue
                 except Closed:
                     break

@@ -439,9 +439,6 @@ def test_cli_build_then_up_to_date(fake_env, work_dir):
     assert "built" in first.output and "Fake GPU 80GB (sm 8.9)" in first.output and "T 1/1/2" in first.output
     second = runner.invoke(export_group, ["trt", str(work_dir), "--quiet"])
     assert second.exit_code == 0 and second.output.startswith("up to date:"), second.output
-    from autr.export import cli
-
-    assert cli.DEFAULT_WORKSPACE_GB == et.DEFAULT_WORKSPACE_GB
 
 
 # ----------------------------------------------------------------------------------- real TensorRT
@@ -468,10 +465,7 @@ def test_real_tensorrt_engine_build(export_dir, tmp_path):
     assert et.build_engine(d)["status"] == "up to date"
     from autr.runtime.backends.trt import TrtBackend
 
-    try:
-        import pycuda.driver  # noqa: F401
-    except ImportError:
-        return
+    pytest.importorskip("pycuda.driver", reason="running the engine needs pycuda")
     import numpy as np
 
     be = TrtBackend(d / "model.engine")

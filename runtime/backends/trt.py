@@ -61,7 +61,8 @@ def _first(data: dict, *keys):
     return None
 
 
-def _cc_text(cc) -> str | None:
+def cc_text(cc) -> str | None:
+    """A compute capability as \"9.0\" from (9, 0), \"90\", \"sm_90\" or \"9.0\"."""
     if cc is None:
         return None
     if isinstance(cc, (list, tuple)):
@@ -82,8 +83,8 @@ def check_engine_sidecar(data: dict, trt_version: str, gpu_name: str, compute_ca
     if want is not None and str(want) != str(trt_version):
         bad.append(f"TensorRT {want} (here {trt_version})")
     want = _first(data, SIDECAR_KEYS["compute_capability"], "cc", "sm")
-    if want is not None and _cc_text(want) != _cc_text(compute_capability):
-        bad.append(f"compute capability {_cc_text(want)} (here {_cc_text(compute_capability)})")
+    if want is not None and cc_text(want) != cc_text(compute_capability):
+        bad.append(f"compute capability {cc_text(want)} (here {cc_text(compute_capability)})")
     want = _first(data, SIDECAR_KEYS["gpu_name"], "gpu", "device_name")
     if want is not None and str(want) != str(gpu_name):
         bad.append(f"GPU {want!r} (here {gpu_name!r})")
