@@ -77,6 +77,12 @@ class AudioRingBuffer:
         self.late_reads = 0  # windows that reached past the newest sample
         g = math.gcd(self.sample_rate, SAMPLE_RATE)
         self._up, self._down = SAMPLE_RATE // g, self.sample_rate // g
+        self._half = int(math.ceil(RESAMPLE_NUM_ZEROS / min(1.0, self._up / self._down)))  # filter's one-sided support
+        self._ctx = -(-self._half // self._down) * self._down  # context, a multiple of `down`: grids stay aligned
+        # 16 kHz samples [_y16_from, _y16_from + len(_y16)) whose whole filter support was already written: a
+        # live window shares all but ~1/fps s with the previous one, so each output is resampled once
+        self._y16 = np.zeros(0, dtype=np.float64)
+        self._y16_from = 0
 
     # ------------------------------------------------------------------ writer side (capture callback)
 
@@ -236,16 +242,30 @@ class AudioRingBuffer:
             up, down = self._up, self._down
             m_end = int(math.floor(pos * up / down + 0.5))  # exclusive end on the 16 kHz grid
             m_start = m_end - samples
-            half = int(math.ceil(RESAMPLE_NUM_ZEROS / min(1.0, up / down)))  # the resampler's one-sided support
-            k = -(-half // down) * down  # context, a multiple of `down` so the grids stay aligned
-            q0 = m_start // up
-            s = q0 * down - k
-            e = -(-m_end // up) * down + k + 1
             self._count_locked(int(math.floor(m_start * down / up)), int(math.ceil(m_end * down / up)))
-            seg = self._read_locked(s, e)
-        m_s = q0 * up - (k // down) * up  # global 16 kHz index of the segment's first output sample
-        y = resample(seg, self.sample_rate, SAMPLE_RATE)
-        return y[m_start - m_s:m_end - m_s].astype(np.float32)
+            cached_end = self._y16_from + self._y16.shape[0]
+            if not self._y16_from <= m_start <= cached_end:
+                self._y16, self._y16_from, cached_end = np.zeros(0), m_start, m_start
+            final_end = min(m_end, max(0, (self._written - self._half - 1) * up // down))
+            if final_end > cached_end:
+                self._y16 = np.concatenate([self._y16, self._resampled_locked(cached_end, final_end)])
+                cached_end = final_end
+            self._y16 = self._y16[m_start - self._y16_from:]  # nothing before this window is needed again
+            self._y16_from = m_start
+            # outputs whose support reaches past the newest sample: computed per call (zeros beyond it)
+            tail = self._resampled_locked(cached_end, m_end) if m_end > cached_end else np.zeros(0)
+            return np.concatenate([self._y16[:m_end - m_start], tail]).astype(np.float32)
+
+    def _resampled_locked(self, m0: int, m1: int) -> np.ndarray:
+        """16 kHz samples [m0, m1) of the ring's signal, as :func:`autr.preprocess.resample` of the whole
+        signal gives them: the segment read starts on both grids and carries the filter's context."""
+        up, down = self._up, self._down
+        q0 = m0 // up
+        s = q0 * down - self._ctx
+        e = -(-m1 // up) * down + self._ctx + 1
+        y = resample(self._read_locked(s, e), self.sample_rate, SAMPLE_RATE)
+        m_s = q0 * up - (self._ctx // down) * up  # global 16 kHz index of the segment's first output sample
+        return y[m0 - m_s:m1 - m_s]
 
     def _count_locked(self, start: int, end: int) -> None:
         if end > self._written:

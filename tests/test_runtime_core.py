@@ -475,3 +475,24 @@ def test_mask_and_overlay():
     assert out.shape == (64, 96, 3) and out.dtype == np.uint8
     assert out[32, 48, 2] > out[32, 48, 1]  # BGR: the mask is tinted red
     assert (out[60, 90] == 100).all()  # outside mask and HUD: untouched
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_live_windows_at_device_rate_reuse_what_was_resampled(rate):
+    """Reads interleaved with writes (a live microphone): each window equals what a fresh ring holding the same
+    audio returns, and windows behind the newest sample equal preprocess.resample of the whole signal."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.5, 0.5, int(3 * rate)).astype(np.float32)
+    ref = resample(x.astype(np.float64), rate, SR).astype(np.float32)
+    live = AudioRingBuffer(sample_rate=rate)
+    block = rate // 50
+    for i in range(0, x.shape[0] // block):
+        live.write(x[i * block:(i + 1) * block], t_first=i * block / rate)
+        if i % 3 or (i + 1) * block < 1.2 * rate:  # a whole window behind the head
+            continue
+        t_head = (i + 1) * block / rate
+        fresh = AudioRingBuffer(sample_rate=rate)
+        fresh.write(x[:(i + 1) * block], t_first=0.0)
+        np.testing.assert_allclose(live.window_ending_at(t_head), fresh.window_ending_at(t_head), atol=2e-6)
+        m = int(round((t_head - 0.1) * SR))
+        np.testing.assert_allclose(live.window_ending_at(t_head - 0.1), ref[m - 15600:m], atol=2e-6)
