@@ -81,17 +81,20 @@ def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size: int = 224,
 def _open(kind: str, artifact, threads, provider: str, device: str, model=None, size=None):
     from autr.runtime import open_backend
 
-    if kind == "torch" and model is not None:
-        from .model_bench import TorchRunner
+    if kind == "torch":  # the model is resolved by run_stream_bench (checkpoint or preset)
+        import torch
 
-        return TorchRunner(model, device=device, size=size)
+        from .model_bench import TorchRunner
+        from .msda_bench import resolve_device
+
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchRunner(model, device=resolve_device(device), size=size)
     if kind == "fake":
         return open_backend("fake", input_size=(size, size))
     if kind == "ort":
         return open_backend("ort", artifact, provider=provider, threads=threads)
-    if kind == "trt":
-        return open_backend("trt", artifact)
-    return open_backend("torch", artifact, device=device, threads=threads)
+    return open_backend("trt", artifact)
 
 
 def _summary(rep: dict) -> dict:

@@ -254,6 +254,23 @@ def test_bench_stream_on_a_short_file(model_run, cache, tmp_path):
     assert len(exports_in(cache)) == 1
 
 
+def test_bench_stream_through_the_torch_backend_honours_device_and_threads(tmp_path):
+    import torch
+
+    out = tmp_path / "stream-torch.json"
+    before = torch.get_num_threads()
+    try:
+        result = run_cli(["stream", "--backend", "torch", "--preset", "tiny", "--size", str(SIZE), "--seconds", "1",
+                          "--fps", "5", "--video-size", str(SIZE), "--threads", "1", "--device", "auto",
+                          "--modes", "fast", "--quiet", "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    run = json.loads(out.read_text())["runs"]["fast"]
+    assert run["error"] is None and run["output"] == 5 and run["report"]["backend"]["name"] == "torch"
+
+
 # ------------------------------------------------------------------------------------------------- README
 def test_readme_generator_replaces_only_the_marked_section(model_run, tmp_path):
     from autr.benchmarks.readme import END, START, main as readme_main
