@@ -13,6 +13,7 @@ from autr.preprocess import log_mel_window
 from autr.runtime import (DeviceError, LiveSource, MediaSource, MicrophoneSource, NoAudioError, SourceError,
                           StreamRunner, SyntheticSource, WebcamSource)
 from autr.runtime.backends.fake import FakeBackend
+from autr.runtime.sources.base import Source
 from autr.runtime.queues import Closed
 from test_runtime_helpers import PulseServer, free_port, make_av_clip, tone_peak_hz, write_wav
 
@@ -75,6 +76,65 @@ def test_media_file_frames_and_audio_resampled_to_16k_mono(aac_clip):
     assert 0.25 < np.abs(w).max() < 0.35  # stereo averaged, not summed
     desc = src.describe()
     assert desc["audio"]["sample_rate"] == 44100 and desc["audio"]["channels"] == 2
+
+
+class _SlowCapture(Source):
+    """A capture thread that keeps using its device for ``busy`` seconds after being told to stop."""
+
+    def __init__(self, busy):
+        super().__init__(live=True)
+        self.busy = busy
+        self.in_use = False
+        self.closes = []
+
+    def _workers(self):
+        return [(self._run, "capture")]
+
+    def _run(self):
+        self.in_use = True
+        self._stop.wait()
+        time.sleep(self.busy)
+        self.in_use = False
+
+    def _close(self):
+        self.closes.append(("in use" if self.in_use else "idle", threading.current_thread().name))
+        time.sleep(0.05)
+
+
+def test_concurrent_stops_release_the_input_once_and_only_when_idle():
+    """The pipeline stops its source from two threads at once (duration reached + shutdown): the input is
+    released exactly once, after the capture thread has left it -- closing a PyAV container under a reading
+    thread crashed the interpreter."""
+    src = _SlowCapture(busy=0.3).start()
+    stoppers = [threading.Thread(target=src.stop) for _ in range(4)]
+    for th in stoppers:
+        th.start()
+    for th in stoppers:
+        th.join(10)
+    assert [c[0] for c in src.closes] == ["idle"]
+    # a capture thread still busy when stop() gives up waiting releases the input itself, on its way out
+    src = _SlowCapture(busy=0.6).start()
+    src.stop(timeout=0.1)
+    assert src.closes == []
+    deadline = time.monotonic() + 5
+    while not src.closes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert src.closes == [("idle", "autr-source-capture")]
+    src.stop()
+    assert len(src.closes) == 1
+
+
+def test_media_source_stopped_from_many_threads_mid_decode(aac_clip):
+    for _ in range(5):
+        src = MediaSource(aac_clip)
+        src.start()
+        src.frames.get(timeout=10)
+        stoppers = [threading.Thread(target=src.stop) for _ in range(3)]
+        for th in stoppers:
+            th.start()
+        for th in stoppers:
+            th.join(10)
+        assert src._closed and not any(th.is_alive() for th in src._threads)
 
 
 def test_pipeline_windows_align_with_frame_timestamps(tmp_path):

@@ -40,6 +40,8 @@ class Source:
         self._stop = threading.Event()
         self._threads: list = []
         self._started = False
+        self._close_lock = threading.Lock()
+        self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> "Source":
@@ -55,13 +57,25 @@ class Source:
         return self
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Stop capturing (idempotent); never hangs longer than ``timeout`` per thread."""
+        """Stop capturing (idempotent, safe from any thread); never hangs longer than ``timeout`` per thread.
+
+        The device / file is released exactly once and only after every capture thread has left it (closing
+        a PyAV container that another thread still reads crashes the interpreter): a capture thread still
+        busy after ``timeout`` releases it itself on its way out."""
         self._stop.set()
         self.frames.close()
         for th in self._threads:
             if th is not threading.current_thread():
                 th.join(timeout)
-        self._close()
+        self._release_when_idle()
+
+    def _release_when_idle(self) -> None:
+        me = threading.current_thread()
+        with self._close_lock:
+            if self._closed or any(th.is_alive() and th is not me for th in self._threads):
+                return
+            self._closed = True
+            self._close()
 
     @property
     def stopping(self) -> bool:
@@ -91,6 +105,9 @@ class Source:
             self.fail(exc)
         except Exception as exc:  # a bug or an unexpected library error: still one line, still a clean stop
             self.fail(StreamError(f"{self.kind} source failed: {type(exc).__name__}: {one_line(exc)}"))
+        finally:
+            if self.stopping:  # stop() gave up waiting for this thread: it releases the input itself
+                self._release_when_idle()
 
     def emit(self, frame: Frame) -> bool:
         """Hand a frame to the pipeline. Live: drops the oldest queued frame if full. File: waits for room
