@@ -467,3 +467,21 @@ def test_microphone_that_disappears_fails_without_hanging(tmp_path):
 def test_missing_microphone_is_a_clear_error():
     with pytest.raises(DeviceError, match="not found"):
         MicrophoneSource("no such microphone xyz").start()
+
+
+def test_live_source_reports_its_own_state_and_its_parts():
+    """Camera + microphone as one source: warnings, faults and errors of either part and of the pair itself
+    all reach the report (none is dropped on the floor)."""
+    video = SyntheticSource(fps=10, size=32, audio=False)
+    sound = SyntheticSource(fps=10, size=32, audio=True)
+    src = LiveSource(video, sound)
+    assert src.audio is sound.audio and src.error is None and src.end_reason is None
+    video.warn("camera: frame late")
+    sound.warn("microphone: overrun")
+    src.warn("pair: clocks drift")
+    assert src.warnings == ["pair: clocks drift", "camera: frame late", "microphone: overrun"]
+    src.fail(SourceError("pair: lost sync"))
+    assert str(src.error) == "pair: lost sync" and src.end_reason == "error: pair: lost sync"
+    assert src.frames.closed  # the stream ends with it
+    sound.fail(DeviceError("microphone is gone"))
+    assert src.end_reason == "error: microphone is gone"

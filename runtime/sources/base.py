@@ -27,16 +27,16 @@ class Source:
     """
 
     kind = "source"
+    audio: AudioRingBuffer | None = None  # a source with sound sets its own ring
 
     def __init__(self, live: bool, queue_size: int = 1):
         self.live = bool(live)
         self.frames = BoundedQueue(queue_size, "drop_oldest" if live else "block", name="source")
-        self.audio: AudioRingBuffer | None = None
-        self.error: StreamError | None = None
-        self.end_reason: str | None = None
-        self.fault: str | None = None  # the input ended early (truncated / corrupt / stalled): where and why
-        self.warnings: list = []
-        self.captured = 0
+        self._error: StreamError | None = None
+        self._end_reason: str | None = None
+        self._fault: str | None = None
+        self._warnings: list = []
+        self._captured = 0
         self._stop = threading.Event()
         self._threads: list = []
         self._started = False
@@ -81,6 +81,30 @@ class Source:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    # -- state, read-only (a composite source merges its parts' state here) -------------------------------
+    @property
+    def error(self) -> StreamError | None:
+        """The fatal fault that ended the stream, if any."""
+        return self._error
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the frame stream ended (None while it runs)."""
+        return self._end_reason
+
+    @property
+    def fault(self) -> str | None:
+        """Where and why the input ended early (truncated / corrupt / stalled), if it did."""
+        return self._fault
+
+    @property
+    def warnings(self) -> list:
+        return list(self._warnings)
+
+    @property
+    def captured(self) -> int:
+        return self._captured
+
     def __enter__(self):
         return self.start()
 
@@ -112,7 +136,7 @@ class Source:
     def emit(self, frame: Frame) -> bool:
         """Hand a frame to the pipeline. Live: drops the oldest queued frame if full. File: waits for room
         (checking for stop). Returns False once the source is stopping."""
-        self.captured += 1
+        self._captured += 1
         if self.frames.policy == "drop_oldest":
             self.frames.put(frame)
             return not self._stop.is_set()
@@ -126,25 +150,25 @@ class Source:
 
     def finish(self, reason: str) -> None:
         """The input has ended normally (end of file, end of stream, duration reached)."""
-        if self.end_reason is None:
-            self.end_reason = reason
+        if self._end_reason is None:
+            self._end_reason = reason
         if self.audio is not None:
             self.audio.mark_finished()
         self.frames.close()
 
     def fail(self, error: StreamError) -> None:
         """A fatal fault: remember it (the pipeline reports it) and end the frame stream."""
-        if self.error is None:
-            self.error = error
+        if self._error is None:
+            self._error = error
         self.finish(f"error: {error}")
 
     def warn(self, message: str) -> None:
-        self.warnings.append(message)
+        self._warnings.append(message)
 
     def end_early(self, message: str) -> None:
         """The input ended before its end (truncated, corrupt, stalled): not an exception -- what was
         processed is kept -- but reported with where it happened."""
-        self.fault = message
+        self._fault = message
         self.warn(message)
         self.finish(message)
 

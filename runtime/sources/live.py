@@ -23,55 +23,32 @@ class LiveSource(Source):
         self.frames = video.frames
         self._watch = None
 
+    # the parts' state, merged with this source's own (a fault of either part ends the stream)
     @property
     def audio(self):
         return None if self.mic is None else self.mic.audio
 
-    @audio.setter
-    def audio(self, value):  # the base class initialiser assigns None
-        pass
-
     @property
     def error(self):
-        return self.video.error or (self.mic.error if self.mic is not None else None) or self._own_error
-
-    @error.setter
-    def error(self, value):
-        self._own_error = value
+        return self._error or self.video.error or (self.mic.error if self.mic is not None else None)
 
     @property
     def end_reason(self):
         if self.mic is not None and self.mic.error is not None:
             return f"error: {self.mic.error}"
-        return self.video.end_reason
-
-    @end_reason.setter
-    def end_reason(self, value):
-        pass
+        return self._end_reason or self.video.end_reason
 
     @property
     def fault(self):
-        return self.video.fault
-
-    @fault.setter
-    def fault(self, value):
-        pass
+        return self._fault or self.video.fault
 
     @property
     def warnings(self):
-        return list(self.video.warnings) + (list(self.mic.warnings) if self.mic is not None else [])
-
-    @warnings.setter
-    def warnings(self, value):
-        pass
+        return self._warnings + self.video.warnings + (self.mic.warnings if self.mic is not None else [])
 
     @property
     def captured(self):
         return self.video.captured
-
-    @captured.setter
-    def captured(self, value):
-        pass
 
     def start(self) -> "LiveSource":
         if self._started:
