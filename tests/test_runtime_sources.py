@@ -388,6 +388,8 @@ def pulse(tmp_path_factory):
 def _pulse_device():
     import sounddevice as sd
 
+    sd._terminate()  # rescan: PortAudio lists the ALSA 'pulse' device only while a server answers
+    sd._initialize()
     try:
         return sd.query_devices("pulse", kind="input")["index"]
     except Exception:
@@ -462,6 +464,29 @@ def test_microphone_that_disappears_fails_without_hanging(tmp_path):
     assert "killed" in results and took < 30
     assert rep["error"] and "microphone" in rep["error"] and "is gone" in rep["error"] and "\n" not in rep["error"]
     assert rep["frames"]["output"] > 0
+
+
+def test_microphone_comes_back_after_the_sound_server_restarts(tmp_path):
+    with running_pulse(tmp_path / "pa") as server:
+        dev = _pulse_device()
+        mic = MicrophoneSource(dev, stall_timeout=1.0, reconnect_attempts=40, reconnect_interval=0.25)
+        mic.start()
+        try:
+            deadline = time.monotonic() + 10
+            while mic.callbacks < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.kill()
+            while not mic.reconnects and time.monotonic() < deadline + 10:
+                time.sleep(0.05)
+            assert server.start(), server.why_not
+            before = mic.callbacks
+            deadline = time.monotonic() + 15
+            while mic.callbacks < before + 5 and mic.error is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            mic.stop()
+    assert mic.error is None and mic.callbacks >= before + 5
+    assert mic.reconnects >= 1 and any("came back" in w for w in mic.warnings)
 
 
 def test_missing_microphone_is_a_clear_error():

@@ -37,6 +37,7 @@ class Source:
         self._fault: str | None = None
         self._warnings: list = []
         self._captured = 0
+        self.reconnects = 0
         self._stop = threading.Event()
         self._threads: list = []
         self._started = False
@@ -132,6 +133,23 @@ class Source:
         finally:
             if self.stopping:  # stop() gave up waiting for this thread: it releases the input itself
                 self._release_when_idle()
+
+    def _reconnect(self, reopen, attempts: int, interval: float):
+        """Call ``reopen()`` (which raises a :class:`StreamError` when the device is still gone) up to
+        ``attempts`` times, ``interval`` seconds apart, counting :attr:`reconnects`. Returns
+        ``(attempt, None)`` once it worked, ``(None, last failure)`` when it never did, ``(None, None)`` when the
+        source was stopped meanwhile."""
+        last = "not tried"
+        for attempt in range(1, attempts + 1):
+            if self._stop.wait(interval):
+                return None, None
+            self.reconnects += 1
+            try:
+                reopen()
+                return attempt, None
+            except StreamError as exc:
+                last = str(exc)
+        return None, last
 
     def emit(self, frame: Frame) -> bool:
         """Hand a frame to the pipeline. Live: drops the oldest queued frame if full. File: waits for room

@@ -89,7 +89,6 @@ class MicrophoneSource(Source):
         self._last_cb = None
         self._opened_at = None
         self.callbacks = 0
-        self.reconnects = 0
 
     # ------------------------------------------------------------------ device
     def _resolve(self, sd):
@@ -192,32 +191,24 @@ class MicrophoneSource(Source):
             self.warn(f"microphone {self.device_name!r} " + ("never delivered audio" if first else
                                                              "stopped delivering audio") + "; reconnecting")
             self._close_stream()
-            last_error = "no audio"
-            for attempt in range(1, self.reconnect_attempts + 1):
-                if self._stop.wait(self.reconnect_interval):
-                    return
-                self.reconnects += 1
-                try:
-                    self._reinit_portaudio()
-                    self._open_stream()
-                    break
-                except DeviceError as exc:
-                    last_error = str(exc)
-            else:
-                self.fail(DeviceError(f"microphone {self.device_name!r} is gone: no audio for "
-                                      f"{self.stall_timeout:g} s and {self.reconnect_attempts} reconnect attempt(s) "
-                                      f"failed ({last_error})"))
+            attempt, last_error = self._reconnect(self._reopen, self.reconnect_attempts, self.reconnect_interval)
+            if attempt is None:
+                if last_error is not None:  # None: stopped while waiting
+                    self.fail(DeviceError(f"microphone {self.device_name!r} is gone: no audio for "
+                                          f"{self.stall_timeout:g} s and {self.reconnect_attempts} reconnect "
+                                          f"attempt(s) failed ({last_error})"))
                 return
+            self.warn(f"microphone {self.device_name!r} came back after {attempt} reconnect attempt(s)")
 
-    @staticmethod
-    def _reinit_portaudio() -> None:
-        """Let PortAudio rescan devices (a re-plugged device gets a new handle)."""
+    def _reopen(self) -> None:
+        """Let PortAudio rescan devices (a re-plugged device gets a new handle), then open the stream again."""
         sd = _sd()
         try:
             sd._terminate()
             sd._initialize()
         except Exception:
             pass
+        self._open_stream()
 
     def describe(self) -> dict:
         d = super().describe()

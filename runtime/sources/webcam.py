@@ -53,7 +53,6 @@ class WebcamSource(Source):
         self._factory = capture_factory
         self._cap = None
         self._cap_lock = threading.Lock()
-        self.reconnects = 0
         self.grabbed = 0
 
     def _new_capture(self):
@@ -105,19 +104,12 @@ class WebcamSource(Source):
         with self._cap_lock:
             self._release()
 
-    def _reconnect(self) -> bool:
-        for attempt in range(1, self.reconnect_attempts + 1):
-            if self._stop.wait(self.reconnect_interval):
-                return False
-            self.reconnects += 1
-            with self._cap_lock:
-                self._release()
-                cap, _ = self._try_open()
-                self._cap = cap
-            if cap is not None:
-                self.warn(f"camera {self.index} came back after {attempt} reconnect attempt(s)")
-                return True
-        return False
+    def _reopen(self) -> None:
+        with self._cap_lock:
+            self._release()
+            self._cap, why = self._try_open()
+        if self._cap is None:
+            raise DeviceError(f"camera {self.index} {why}")
 
     def _run(self) -> None:
         cv2 = None if self._factory is not None else _cv2()
@@ -133,12 +125,14 @@ class WebcamSource(Source):
                     if self.stopping:
                         return
                     self.warn(f"camera {self.index} stopped delivering frames; reconnecting")
-                    if not self._reconnect():
+                    attempt, _ = self._reconnect(self._reopen, self.reconnect_attempts, self.reconnect_interval)
+                    if attempt is None:
                         if not self.stopping:
                             self.fail(DeviceError(
                                 f"camera {self.index} disappeared and did not come back after "
                                 f"{self.reconnect_attempts} reconnect attempt(s), {self.reconnect_interval:g} s apart"))
                         return
+                    self.warn(f"camera {self.index} came back after {attempt} reconnect attempt(s)")
                     fails = 0
                 continue
             fails = 0
