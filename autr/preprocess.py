@@ -68,6 +68,7 @@ __all__ = [
     "waveform_to_examples",
     "log_mel_for_clip",
     "log_mel_window",
+    "parameters",
 ]
 
 
@@ -264,6 +265,24 @@ def denormalize(x: np.ndarray) -> np.ndarray:
     rgb = arr * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]
     rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.moveaxis(rgb, -3, -1))
+
+
+def parameters() -> dict:
+    """Every preprocessing constant, as JSON: what an exported model records in its sidecar, and what the
+    runtime checks an artifact against before it feeds it."""
+    return {
+        "frames": {"layout": "[T, 3, H, W]", "color": "RGB", "resize": "bilinear (autr.preprocess.resize_bilinear)",
+                   "scale": 1.0 / 255.0, "mean": [float(v) for v in IMAGENET_MEAN],
+                   "std": [float(v) for v in IMAGENET_STD]},
+        "audio": {"layout": "[T, 1, 96, 64]", "sample_rate": SAMPLE_RATE,
+                  "stft_window_seconds": STFT_WINDOW_SECONDS, "stft_hop_seconds": STFT_HOP_SECONDS,
+                  "stft_window_samples": STFT_WINDOW_SAMPLES, "stft_hop_samples": STFT_HOP_SAMPLES,
+                  "fft_length": FFT_LENGTH, "num_mel_bins": NUM_MEL_BINS, "mel_min_hz": MEL_MIN_HZ,
+                  "mel_max_hz": MEL_MAX_HZ, "log_offset": LOG_OFFSET,
+                  "example_window_seconds": EXAMPLE_WINDOW_SECONDS,
+                  "example_hop_seconds": EXAMPLE_HOP_SECONDS, "example_frames": EXAMPLE_FRAMES,
+                  "live_window_samples": LIVE_WINDOW_SAMPLES},
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ TensorRT, which allocate outside PyTorch.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import re

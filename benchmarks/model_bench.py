@@ -89,14 +89,14 @@ def resolve_model_source(checkpoint=None, preset=None, onnx=None, seed: int = 0)
     Neither: the embedded default checkpoint, or -- where this install has none -- the untrained `small`
     preset (weights do not change speed; a notice says so)."""
     from autr.export.errors import ExportError
-    from autr.export.onnx_export import resolve_model
-    from autr.export.verify import model_for_export, read_sidecar
+    from autr.export.onnx_export import read_export, resolve_model
+    from autr.export.verify import model_for_export
 
     notices = []
     sidecar = None
     try:
         if onnx is not None:
-            sidecar = read_sidecar(onnx)
+            sidecar = read_export(onnx)[1]
         if onnx is not None and checkpoint is None and preset is None:
             model = model_for_export(sidecar).eval()
             return model, {"source": "export", "onnx": str(onnx), "export_of": sidecar.get("checkpoint")}, sidecar, notices
@@ -574,8 +574,8 @@ def build_bench_engine(export_dir: Path, precision: str, log=None) -> Path:
     export_dir = Path(export_dir)
     target = export_dir.parent / f"{export_dir.name}.trt-{precision}"
     target.mkdir(parents=True, exist_ok=True)
-    graph = export_trt.PLUGIN_FP16_ONNX if precision == "fp16" else export_trt.PLUGIN_ONNX
-    for name in (export_trt.ONNX_SIDECAR_FILE, graph):
+    graph = export_trt.PLUGIN_FP16_FILE if precision == "fp16" else export_trt.PLUGIN_FILE
+    for name in (export_trt.SIDECAR_FILE, graph):
         src, dst = export_dir / name, target / name
         if not src.is_file():
             raise BenchError(f"{src} not found (re-export{' with --fp16' if precision == 'fp16' else ''})")

@@ -47,7 +47,7 @@ PLUGIN_FILE = "model.plugin.onnx"
 PORTABLE_FILE = "model.portable.onnx"
 PLUGIN_FP16_FILE = "model.plugin.fp16.onnx"
 PORTABLE_FP16_FILE = "model.portable.fp16.onnx"
-SIDECAR_FILE = "model.json"
+SIDECAR_FILE = "model.json"  # = autr.runtime.backends.sidecar.ONNX_SIDECAR (not imported: it pulls in numpy)
 ARTIFACTS = (PLUGIN_FILE, PORTABLE_FILE, PLUGIN_FP16_FILE, PORTABLE_FP16_FILE, SIDECAR_FILE)
 
 FORMAT = "autr-onnx-export"
@@ -117,30 +117,34 @@ def validate_frames(frames, cfg) -> int:
     return t_max
 
 
-def preprocessing_parameters() -> dict:
-    """What the runtime must do to frames and audio: the constants of autr/preprocess.py."""
-    from autr import preprocess as p
+def read_export(path) -> tuple:
+    """(directory, sidecar dict, (H, W), (t_min, t_max)) of an `autr export onnx` directory (or of a graph in
+    one), read and checked as the runtime reads it; ExportError naming what is missing or wrong."""
+    from autr.runtime.backends.sidecar import parse_spec
+    from autr.runtime.errors import SidecarError
 
-    return {
-        "frames": {"layout": "[T, 3, H, W]", "color": "RGB", "resize": "bilinear (autr.preprocess.resize_bilinear)",
-                   "scale": 1.0 / 255.0, "mean": [float(v) for v in p.IMAGENET_MEAN],
-                   "std": [float(v) for v in p.IMAGENET_STD]},
-        "audio": {"layout": "[T, 1, 96, 64]", "sample_rate": p.SAMPLE_RATE,
-                  "stft_window_seconds": p.STFT_WINDOW_SECONDS, "stft_hop_seconds": p.STFT_HOP_SECONDS,
-                  "stft_window_samples": p.STFT_WINDOW_SAMPLES, "stft_hop_samples": p.STFT_HOP_SAMPLES,
-                  "fft_length": p.FFT_LENGTH, "num_mel_bins": p.NUM_MEL_BINS, "mel_min_hz": p.MEL_MIN_HZ,
-                  "mel_max_hz": p.MEL_MAX_HZ, "log_offset": p.LOG_OFFSET,
-                  "example_window_seconds": p.EXAMPLE_WINDOW_SECONDS,
-                  "example_hop_seconds": p.EXAMPLE_HOP_SECONDS, "example_frames": p.EXAMPLE_FRAMES,
-                  "live_window_samples": p.LIVE_WINDOW_SAMPLES},
-    }
+    d = Path(path).expanduser().absolute()
+    if d.is_file():
+        d = d.parent
+    side_path = d / SIDECAR_FILE
+    if not side_path.is_file():
+        raise ExportError(f"{d} holds no {SIDECAR_FILE}: not an `autr export onnx` directory "
+                          "(export with `autr export onnx --out DIR` first)")
+    try:
+        side = json.loads(side_path.read_text(encoding="utf-8"))
+        spec = parse_spec(side, str(side_path)) if isinstance(side, dict) else None
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read {side_path}: {exc}") from None
+    except SidecarError as exc:
+        raise ExportError(str(exc)) from None
+    if spec is None:
+        raise ExportError(f"{side_path} is not a JSON object; re-export with `autr export onnx`")
+    return d, side, spec.input_size, (spec.t_min, spec.t_max)
 
 
 def weights_digest(model) -> str:
     """sha256 over the state dict (sorted keys, float32 bytes): ties a rebuilt model to the export."""
     import hashlib
-
-    import torch
 
     h = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
@@ -364,7 +368,7 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
     import onnxscript
     import torch
 
-    from autr import __version__
+    from autr import __version__, preprocess
     from autr.export import fp16 as fp16_mod
     from autr.export import graph, msda
 
@@ -435,7 +439,7 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
                    "log_mel": {"shape": [t_axis, *LOG_MEL_SHAPE], "dtype": "float32"}},
         "outputs": {"masks": {"shape": [t_axis, size, size], "dtype": "float32", "meaning": "mask logits"},
                     "scores": {"shape": [t_axis], "dtype": "float32", "meaning": "sounding-score logits"}},
-        "preprocessing": preprocessing_parameters(),
+        "preprocessing": preprocess.parameters(),
         "opset": opset,
         "msda": {"op_type": msda.OP_TYPE, "domain": msda.DOMAIN, "plugin_version": msda.PLUGIN_VERSION,
                  "count": n_msda, "inputs": list(msda.INPUT_NAMES), "index_dtype": "int32",

@@ -36,18 +36,14 @@ import time
 from pathlib import Path
 
 from autr.export.errors import ExportError
+from autr.export.onnx_export import INPUT_NAMES, LOG_MEL_SHAPE, PLUGIN_FILE, PLUGIN_FP16_FILE, SIDECAR_FILE, read_export
 
 ENGINE_FILE = "model.engine"
 ENGINE_SIDECAR_FILE = ENGINE_FILE + ".json"  # the first name autr.runtime's find_sidecar() looks for
 LOCK_FILE = ".model.engine.lock"
-ONNX_SIDECAR_FILE = "model.json"
-PLUGIN_ONNX = "model.plugin.onnx"
-PLUGIN_FP16_ONNX = "model.plugin.fp16.onnx"
 FORMAT = "autr-trt-engine"
 FORMAT_VERSION = 1
 DEFAULT_WORKSPACE_GB = 4.0
-LOG_MEL_SHAPE = (1, 96, 64)
-INPUT_NAMES = ("frames", "log_mel")
 
 # cache key -> how a difference is named in the staleness reasons (every key is also a sidecar field)
 CACHE_KEYS = {
@@ -63,7 +59,7 @@ CACHE_KEYS = {
 }
 
 __all__ = ["CACHE_KEYS", "TrtUnavailable", "build_engine", "cache_key", "engine_paths", "gpu_info", "import_tensorrt",
-           "onnx_path", "parse_profile", "read_engine_sidecar", "read_export", "shape_profile", "stale_reasons",
+           "onnx_path", "parse_profile", "read_engine_sidecar", "shape_profile", "stale_reasons",
            "write_engine"]
 
 
@@ -86,29 +82,9 @@ def engine_paths(directory) -> tuple:
     return d / ENGINE_FILE, d / ENGINE_SIDECAR_FILE
 
 
-def read_export(directory) -> tuple:
-    """(directory, ONNX sidecar dict, (H, W), (t_min, t_max)) of an `autr export onnx` directory."""
-    d = Path(directory).expanduser().absolute()
-    side_path = d / ONNX_SIDECAR_FILE
-    if not side_path.is_file():
-        raise ExportError(f"{d} holds no {ONNX_SIDECAR_FILE}: not an `autr export onnx` directory "
-                          "(export with `autr export onnx --out DIR` first)")
-    try:
-        side = json.loads(side_path.read_text(encoding="utf-8"))
-        size = tuple(int(x) for x in side["input_size"])
-        frames = side["frames"]
-        t_range = (int(frames.get("min", 1)), int(frames["max"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ExportError(f"cannot read the input size and T range from {side_path} ({type(exc).__name__}: {exc}); "
-                          "re-export with `autr export onnx`") from None
-    if len(size) != 2 or t_range[0] < 1 or t_range[1] < t_range[0]:
-        raise ExportError(f"{side_path} records an impossible input size {list(size)} or T range {t_range}")
-    return d, side, size, t_range
-
-
 def onnx_path(directory, fp16: bool) -> Path:
     """The plugin graph a build uses: model.plugin.onnx, or model.plugin.fp16.onnx with `fp16`."""
-    path = Path(directory) / (PLUGIN_FP16_ONNX if fp16 else PLUGIN_ONNX)
+    path = Path(directory) / (PLUGIN_FP16_FILE if fp16 else PLUGIN_FILE)
     if not path.is_file():
         hint = "re-export with `autr export onnx --fp16`" if fp16 else "re-export with `autr export onnx`"
         raise ExportError(f"{path} not found; {hint}")
@@ -138,7 +114,7 @@ def parse_profile(profile, t_range) -> tuple:
         raise ExportError(f"--profile {lo},{opt},{hi} must satisfy min <= opt <= max")
     if lo < t_lo or hi > t_hi:
         raise ExportError(f"--profile {lo},{opt},{hi} is outside the export's T range {t_lo}..{t_hi} "
-                          f"(from {ONNX_SIDECAR_FILE}); re-export with `autr export onnx --frames N` for longer clips")
+                          f"(from {SIDECAR_FILE}); re-export with `autr export onnx --frames N` for longer clips")
     return values
 
 
@@ -524,29 +500,27 @@ def _build_locked(trt, directory, onnx_side, size, source, prof, workspace, timi
     started = time.perf_counter()
     plan, facts = _build_plan(trt, source, prof, size, workspace, timing_cache, plugin, say)
     seconds = round(time.perf_counter() - started, 2)
-    from autr.runtime.backends.trt import SIDECAR_KEYS as K
-
     sidecar = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "toolkit_version": __version__,
         "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": seconds,
-        K["tensorrt_version"]: key["tensorrt_version"],
-        K["gpu_name"]: key["gpu_name"],
-        K["compute_capability"]: key["compute_capability"],
+        "tensorrt_version": key["tensorrt_version"],
+        "gpu_name": key["gpu_name"],
+        "compute_capability": key["compute_capability"],
         "gpu_info_source": gpu["source"],
-        K["plugin_library_hash"]: plugin_hash,
+        "plugin_library_hash": plugin_hash,
         "plugin_library": str(plugin),
         "precision": precision,
         "network": facts["network"],
         "network_flags": facts["network_flags"],
         "t_profile": {"min": prof[0], "opt": prof[1], "max": prof[2]},
-        K["shape_profile"]: shape_profile(prof, size),
+        "shape_profile": shape_profile(prof, size),
         "input_size": list(size),
         "frames": {"min": prof[0], "max": prof[2]},
         "onnx_file": source.name,
         "onnx_sha256": key["onnx_sha256"],
-        "onnx_sidecar": ONNX_SIDECAR_FILE,
+        "onnx_sidecar": SIDECAR_FILE,
         "workspace_bytes": workspace,
         "timing_cache": facts["timing_cache"],
         "preprocessing": onnx_side.get("preprocessing"),

@@ -19,16 +19,14 @@ score sign agrees, and median latency (after warm-up) against PyTorch eager on t
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
 from autr.export.errors import ExportError
 from autr.export.onnx_export import (PLUGIN_FILE, PLUGIN_FP16_FILE, PORTABLE_FILE, PORTABLE_FP16_FILE,
-                                     SIDECAR_FILE, TOLERANCE)
+                                     TOLERANCE, read_export)
 
 GRAPH_FILES = {"portable": PORTABLE_FILE, "plugin": PLUGIN_FILE,
                "portable_fp16": PORTABLE_FP16_FILE, "plugin_fp16": PLUGIN_FP16_FILE}
@@ -198,16 +196,6 @@ def export_parity(model, paths: dict, size: int, t_max: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------- verify DIR
-def read_sidecar(directory) -> dict:
-    path = Path(directory) / SIDECAR_FILE
-    if not path.is_file():
-        raise ExportError(f"{directory} holds no {SIDECAR_FILE}: not an `autr export onnx` directory")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}") from None
-
-
 def model_for_export(sidecar: dict, checkpoint=None):
     """The PyTorch model an export was made from (its weights digest must match)."""
     from autr.export.onnx_export import resolve_model, weights_digest
@@ -237,12 +225,9 @@ def verify_export(directory, *, checkpoint=None, model=None, frames=None, runs: 
                   synth: bool = True, threads: int | None = None, log=None) -> dict:
     """Run random clips (T=1 and T=T_MAX) and a SynthAVS clip through PyTorch and every graph."""
     say = log or (lambda msg: None)
-    directory = Path(directory)
-    sidecar = read_sidecar(directory)
+    directory, sidecar, (size, _), (_, t_max) = read_export(directory)
     if model is None:
         model = model_for_export(sidecar, checkpoint)
-    size = int(sidecar["input_size"][0])
-    t_max = int(sidecar["frames"]["max"])
     ts = sorted({1, t_max}) if frames is None else [int(frames)]
     if any(not 1 <= t <= t_max for t in ts):
         raise ExportError(f"frames must be between 1 and the export's T_MAX={t_max}")

@@ -410,3 +410,10 @@ def test_small_at_224_parity(tmp_path):
     result = verify.verify_export(out, runs=1)
     assert result["ok"], verify.format_table(result)
     assert {r["clip"] for r in result["rows"]} == {"random T=1", "random T=5", "SynthAVS T=5"}
+
+
+def test_the_exporter_writes_the_sidecar_where_the_runtime_looks():
+    from autr.export.onnx_export import SIDECAR_FILE
+    from autr.runtime.backends.sidecar import ONNX_SIDECAR
+
+    assert SIDECAR_FILE == ONNX_SIDECAR

@@ -366,11 +366,13 @@ def test_build_wiring_cache_and_runtime_sidecar(fake_env, work_dir, tmp_path):
 
     # the runtime's trt backend reads this sidecar: same machine accepted, another GPU / TensorRT refused
     from autr.runtime.backends.sidecar import find_sidecar
-    from autr.runtime.backends.trt import _engine_spec, check_engine_sidecar
+    from autr.runtime.backends.sidecar import parse_spec
+    from autr.runtime.backends.trt import check_engine_sidecar
     from autr.runtime.errors import SidecarError
 
     assert find_sidecar(engine) == side_path
-    assert _engine_spec(side, "sidecar") == ((SIZE, SIZE), 1, 2)
+    spec = parse_spec(side, "sidecar")
+    assert (spec.input_size, spec.t_min, spec.t_max) == ((SIZE, SIZE), 1, 2)
     check_engine_sidecar(side, "10.9.0", FAKE_GPU, FAKE_CC, et._sha256(lib))
     with pytest.raises(SidecarError, match="GPU 'Fake GPU 80GB'"):
         check_engine_sidecar(side, "10.9.0", "NVIDIA H100", (9, 0), et._sha256(lib))

@@ -12,6 +12,7 @@ from autr.preprocess import LIVE_WINDOW_SAMPLES, log_mel_window, resample
 from autr.runtime import AudioRingBuffer, BoundedQueue, Closed, LatencyRecorder
 from autr.runtime.errors import BackendError, BackendUnavailable, SidecarError
 from autr.runtime.resampling import StreamingResampler
+from test_runtime_helpers import exporter_sidecar
 from autr.runtime.stats import StageStats
 
 SR = 16000
@@ -220,55 +221,50 @@ def test_environment_reports_versions_without_importing_torch():
 
 # ------------------------------------------------------------------------------------------ sidecar / backends
 
-def test_sidecar_parsing_variants_and_refusals():
+def test_sidecar_in_the_exporters_form_and_its_refusals():
+    """The runtime reads input_size [H, W], frames {min, max} and preprocessing as `autr export` writes them, and
+    refuses -- naming every difference -- a sidecar that lacks one or records other preprocessing."""
     from autr.runtime.backends.sidecar import parse_spec
 
-    s = parse_spec({"input_size": 224, "t_range": [1, 5]})
+    s = parse_spec(exporter_sidecar(224, (1, 5)))
     assert s.input_size == (224, 224) and (s.t_min, s.t_max) == (1, 5)
-    s = parse_spec({"preprocessing": {"input_size": [160, 192]}, "T_min": 2, "T_max": 4})
+    s = parse_spec({**exporter_sidecar(0), "input_size": [160, 192], "frames": {"min": 2, "max": 4}})
     assert s.input_size == (160, 192) and (s.t_min, s.t_max) == (2, 4)
-    s = parse_spec({"config": {"image_size": 96, "max_frames": 5}, "t_range": {"min": 1, "max": 5}})
-    assert s.input_size == (96, 96)
-    with pytest.raises(SidecarError, match="input size"):
-        parse_spec({"t_range": [1, 5]})
-    with pytest.raises(SidecarError, match="range of T"):
-        parse_spec({"input_size": 224})
-    with pytest.raises(SidecarError, match="sample_rate=22050"):
-        parse_spec({"input_size": 224, "t_range": [1, 5], "preprocessing": {"sample_rate": 22050}})
-    with pytest.raises(SidecarError, match="imagenet_mean"):
-        parse_spec({"input_size": 224, "t_range": [1, 5], "preprocessing": {"imagenet_mean": [0.5, 0.5, 0.5]}})
-    parse_spec({"input_size": 224, "t_range": [1, 5],
-                "preprocessing": {"sample_rate": 16000, "mean": [0.485, 0.456, 0.406], "stft_hop_samples": 160}})
-
-
-def test_sidecar_in_the_exporters_form():
-    """`autr export onnx` writes input_size, frames {min, max} and nested preprocessing groups."""
-    from autr.runtime.backends.sidecar import parse_spec
-
-    side = {"format": "autr-onnx-export", "input_size": [224, 224],
-            "frames": {"min": 1, "max": 5, "dynamic": True, "axis_name": "T"},
-            "inputs": {"frames": {"shape": ["T", 3, 224, 224], "dtype": "float32"}},
-            "preprocessing": {"frames": {"layout": "[T, 3, H, W]", "color": "RGB", "resize": "bilinear",
-                                         "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-                              "audio": {"layout": "[T, 1, 96, 64]", "sample_rate": 16000, "stft_window_samples": 400,
-                                        "stft_hop_samples": 160, "fft_length": 512, "num_mel_bins": 64,
-                                        "mel_min_hz": 125.0, "mel_max_hz": 7500.0, "log_offset": 0.01,
-                                        "example_frames": 96, "live_window_samples": 15600}}}
-    s = parse_spec(side)
-    assert s.input_size == (224, 224) and (s.t_min, s.t_max) == (1, 5)
+    for key, bad, words in (("input_size", None, "input size"), ("input_size", 224, "input_size \\[H, W\\]"),
+                            ("frames", None, "range of T"), ("frames", {"max": 5}, "range of T"),
+                            ("frames", {"min": 3, "max": 2}, "impossible T range 3..2"),
+                            ("preprocessing", None, "does not record the preprocessing")):
+        side = exporter_sidecar(224)
+        side[key] = bad
+        with pytest.raises(SidecarError, match=words):
+            parse_spec(side)
+    side = exporter_sidecar(224)
     side["preprocessing"]["frames"]["color"] = "BGR"
     side["preprocessing"]["audio"]["mel_max_hz"] = 8000.0
-    with pytest.raises(SidecarError, match="frames.color='BGR'.*audio.mel_max_hz=8000.0"):
-        parse_spec(side)
+    del side["preprocessing"]["audio"]["log_offset"]
+    side["preprocessing"]["audio"]["pre_emphasis"] = 0.97
+    with pytest.raises(SidecarError) as err:
+        parse_spec(side, "sidecar x.json")
+    msg = str(err.value)
+    assert msg.startswith("sidecar x.json was exported for other preprocessing") and "\n" not in msg
+    for words in ("frames.color='BGR' (runtime: 'RGB')", "audio.mel_max_hz=8000.0 (runtime: 7500.0)",
+                  "audio.log_offset not recorded", "audio.pre_emphasis=0.97 unknown to this runtime", "re-export"):
+        assert words in msg
 
 
-def test_sidecar_written_by_the_exporter_is_accepted():
-    from autr.export import onnx_export as export
-    from autr.runtime.backends.sidecar import parse_spec
+def test_sidecar_is_found_next_to_each_artifact(tmp_path):
+    from autr.runtime.backends.sidecar import find_sidecar, read_sidecar
 
-    s = parse_spec({"input_size": [224, 224], "frames": {"min": 1, "max": 5},
-                    "preprocessing": export.preprocessing_parameters()})
-    assert s.input_size == (224, 224) and s.t_max == 5
+    (tmp_path / "model.json").write_text("{}")
+    assert find_sidecar(tmp_path / "model.portable.onnx") == tmp_path / "model.json"
+    assert find_sidecar(tmp_path / "model.engine") == tmp_path / "model.json"
+    (tmp_path / "model.engine.json").write_text("{}")
+    assert find_sidecar(tmp_path / "model.engine") == tmp_path / "model.engine.json"
+    with pytest.raises(SidecarError, match="never guesses"):
+        read_sidecar(tmp_path / "elsewhere" / "model.portable.onnx")
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(SidecarError, match="not a JSON object"):
+        read_sidecar(tmp_path / "model.portable.onnx")
 
 
 def test_backend_kind_from_artifact(tmp_path):
@@ -294,7 +290,7 @@ def test_trt_backend_missing_says_how_to_install(tmp_path):
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0" * 16)
-    (tmp_path / "model.json").write_text(json.dumps({"input_size": 224, "t_range": [1, 5]}))
+    (tmp_path / "model.json").write_text(json.dumps(exporter_sidecar(224)))
     with pytest.raises(BackendUnavailable, match="pip install 'tensorrt>=10'"):
         open_backend(artifact=engine)
     with pytest.raises(BackendError, match="not found"):
@@ -302,18 +298,20 @@ def test_trt_backend_missing_says_how_to_install(tmp_path):
 
 
 def test_trt_engine_sidecar_mismatches_are_named():
-    from autr.runtime.backends.trt import _engine_spec, check_engine_sidecar
+    from autr.runtime.backends.trt import check_engine_sidecar
 
-    side = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA A100", "compute_capability": [8, 0],
-            "plugin_library_hash": "ab" * 32, "input_size": 224, "t_range": [1, 5]}
+    side = exporter_sidecar(224, tensorrt_version="10.3.0", gpu_name="NVIDIA A100", compute_capability=[8, 0],
+                            plugin_library_hash="ab" * 32)
     check_engine_sidecar(side, "10.3.0", "NVIDIA A100", (8, 0), "ab" * 32)
     with pytest.raises(SidecarError) as err:
         check_engine_sidecar(side, "10.5.0", "NVIDIA L4", (8, 9), "cd" * 32)
     msg = str(err.value)
     assert "TensorRT 10.3.0 (here 10.5.0)" in msg and "compute capability 8.0 (here 8.9)" in msg
     assert "GPU 'NVIDIA A100'" in msg and "plugin library" in msg and "\n" not in msg
-    assert _engine_spec({"shape_profile": {"frames": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224],
-                                                      "max": [5, 3, 224, 224]}}}, "x") == ((224, 224), 1, 5)
+    check_engine_sidecar(side, "10.3.0", "NVIDIA A100", "8.0", None)  # the same capability spelled otherwise
+    del side["gpu_name"], side["plugin_library_hash"]
+    with pytest.raises(SidecarError, match="does not record gpu_name, plugin_library_hash; rebuild"):
+        check_engine_sidecar(side, "10.3.0", "NVIDIA A100", (8, 0), "ab" * 32)
 
 
 def test_trt_backend_plumbing_with_a_fake_tensorrt_and_pycuda(tmp_path, monkeypatch):
@@ -437,8 +435,8 @@ def test_trt_backend_plumbing_with_a_fake_tensorrt_and_pycuda(tmp_path, monkeypa
     monkeypatch.setattr(plugins, "library_hash", lambda p=None: "feed" * 16)
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
-    side = {"tensorrt_version": "10.9.0", "gpu_name": "Fake GPU", "compute_capability": "8.9",
-            "plugin_library_hash": "feed" * 16, "input_size": size, "t_range": [1, 8]}
+    side = exporter_sidecar(size, (1, 8), tensorrt_version="10.9.0", gpu_name="Fake GPU", compute_capability="8.9",
+                            plugin_library_hash="feed" * 16)
     (tmp_path / "model.engine.json").write_text(json.dumps(side))
     from autr.runtime.backends.trt import TrtBackend
 

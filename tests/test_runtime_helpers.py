@@ -93,6 +93,14 @@ def make_av_clip(path, seconds: float = 2.0, fps: int = 10, size=(64, 96), audio
     return path
 
 
+def exporter_sidecar(size: int, t_range=(1, 5), **extra) -> dict:
+    """The three keys the runtime reads, in the form `autr export` writes them."""
+    from autr.preprocess import parameters
+
+    return {"input_size": [size, size], "frames": {"min": t_range[0], "max": t_range[1]},
+            "preprocessing": parameters(), **extra}
+
+
 def make_tiny_onnx(directory, size: int = TINY_SIZE, t_range=(1, 8), sidecar: dict | None = None,
                    name: str = "model.portable.onnx") -> Path:
     """A tiny graph with the model contract: masks = mean over channels of frames, scores = mean log-mel.
@@ -118,10 +126,7 @@ def make_tiny_onnx(directory, size: int = TINY_SIZE, t_range=(1, 8), sidecar: di
     path = directory / name
     onnx.save(model, str(path))
     if sidecar is None:
-        sidecar = {"format": "autr-onnx-sidecar", "input_size": [size, size], "t_range": list(t_range), "opset": 17,
-                   "preprocessing": {"sample_rate": 16000, "num_mel_bins": 64, "live_window_samples": 15600,
-                                     "imagenet_mean": [0.485, 0.456, 0.406], "imagenet_std": [0.229, 0.224, 0.225],
-                                     "log_offset": 0.01}}
+        sidecar = exporter_sidecar(size, t_range, opset=17)
     if sidecar:
         (directory / "model.json").write_text(json.dumps(sidecar))
     return path

@@ -17,7 +17,7 @@ from autr.runtime import (BackendError, MaskPngSink, MediaSource, Mp4Sink, Sidec
                           open_backend, write_report)
 from autr.runtime.backends.fake import FakeBackend
 from autr.runtime.cli import stream
-from test_runtime_helpers import TINY_SIZE, make_av_clip, make_tiny_onnx
+from test_runtime_helpers import TINY_SIZE, exporter_sidecar, make_av_clip, make_tiny_onnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,11 +88,12 @@ def test_ort_backend_refuses_missing_or_foreign_sidecars(tmp_path):
     bare = make_tiny_onnx(tmp_path / "bare", sidecar={})
     with pytest.raises(SidecarError, match="never guesses"):
         open_backend(artifact=bare)
-    other = make_tiny_onnx(tmp_path / "other", sidecar={"input_size": 32, "t_range": [1, 4],
-                                                         "preprocessing": {"sample_rate": 44100}})
+    side = exporter_sidecar(32, (1, 4))
+    side["preprocessing"]["audio"]["sample_rate"] = 44100
+    other = make_tiny_onnx(tmp_path / "other", sidecar=side)
     with pytest.raises(SidecarError, match="sample_rate=44100"):
         open_backend(artifact=other)
-    wrong = make_tiny_onnx(tmp_path / "wrong", sidecar={"input_size": 64, "t_range": [1, 4]})
+    wrong = make_tiny_onnx(tmp_path / "wrong", sidecar=exporter_sidecar(64, (1, 4)))
     with pytest.raises(BackendError, match="sidecar says input size 64x64"):
         open_backend(artifact=wrong)
     with pytest.raises(BackendError, match="CUDA"):

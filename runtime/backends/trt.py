@@ -21,16 +21,11 @@ from ..errors import BackendError, BackendUnavailable, SidecarError, one_line
 from .base import Backend, check_inputs
 from .sidecar import find_sidecar, parse_spec
 
-__all__ = ["TrtBackend", "check_engine_sidecar", "import_tensorrt", "INSTALL_HINT", "SIDECAR_KEYS"]
+__all__ = ["TrtBackend", "check_engine_sidecar", "import_tensorrt", "INSTALL_HINT"]
 
 INSTALL_HINT = ("pip install 'tensorrt>=10' 'pycuda>=2024.1' (needs an NVIDIA GPU, its driver and the CUDA toolkit for "
                 "pycuda's build), then build the plugin with `python -m autr.plugins build --trt-include DIR`")
 
-# The keys of an engine sidecar that this backend reads: one definition shared with its writer,
-# `autr export trt` (autr.export.trt), so that the two cannot drift apart. Older spellings are read too.
-SIDECAR_KEYS = {"tensorrt_version": "tensorrt_version", "gpu_name": "gpu_name",
-                "compute_capability": "compute_capability", "plugin_library_hash": "plugin_library_hash",
-                "shape_profile": "shape_profile"}
 
 
 def import_tensorrt():
@@ -52,15 +47,6 @@ def import_tensorrt():
     return trt, cuda
 
 
-def _first(data: dict, *keys):
-    for k in keys:
-        for d in (data, data.get("engine") if isinstance(data.get("engine"), dict) else {},
-                  data.get("build") if isinstance(data.get("build"), dict) else {}):
-            if k in d and d[k] not in (None, ""):
-                return d[k]
-    return None
-
-
 def cc_text(cc) -> str | None:
     """A compute capability as \"9.0\" from (9, 0), \"90\", \"sm_90\" or \"9.0\"."""
     if cc is None:
@@ -73,42 +59,25 @@ def cc_text(cc) -> str | None:
 
 def check_engine_sidecar(data: dict, trt_version: str, gpu_name: str, compute_capability, plugin_hash: str | None,
                          where: str = "the engine sidecar") -> None:
-    """Refuse an engine built for another TensorRT, GPU or plugin build (every field the sidecar records).
+    """Refuse an engine built for another TensorRT, GPU or plugin build.
 
     An engine plan is specific to the TensorRT version and GPU architecture it was built with, and to the
-    plugin library it was built against; a mismatch is one SidecarError listing every difference.
+    plugin library it was built against; `autr export trt` records all four in the engine's sidecar. A
+    mismatch is one SidecarError listing every difference (``plugin_hash=None``: not checked).
     """
-    bad = []
-    want = _first(data, SIDECAR_KEYS["tensorrt_version"], "trt_version", "tensorrt")
-    if want is not None and str(want) != str(trt_version):
-        bad.append(f"TensorRT {want} (here {trt_version})")
-    want = _first(data, SIDECAR_KEYS["compute_capability"], "cc", "sm")
-    if want is not None and cc_text(want) != cc_text(compute_capability):
-        bad.append(f"compute capability {cc_text(want)} (here {cc_text(compute_capability)})")
-    want = _first(data, SIDECAR_KEYS["gpu_name"], "gpu", "device_name")
-    if want is not None and str(want) != str(gpu_name):
-        bad.append(f"GPU {want!r} (here {gpu_name!r})")
-    want = _first(data, SIDECAR_KEYS["plugin_library_hash"], "plugin_hash", "plugin_sha256",
-                  "plugin_library_sha256")
-    if want is not None and plugin_hash is not None and str(want) != str(plugin_hash):
-        bad.append(f"plugin library {str(want)[:12]}... (here {str(plugin_hash)[:12]}...)")
+    facts = (("tensorrt_version", "TensorRT", trt_version, str),
+             ("compute_capability", "compute capability", compute_capability, cc_text),
+             ("gpu_name", "GPU", gpu_name, lambda v: repr(str(v))),
+             ("plugin_library_hash", "plugin library", plugin_hash, lambda v: f"{str(v)[:12]}..."))
+    missing = [key for key, *_ in facts if data.get(key) in (None, "")]
+    if missing:
+        raise SidecarError(f"{where} does not record {', '.join(missing)}; rebuild the engine with `autr export trt`")
+    norm = {"compute_capability": cc_text}
+    bad = [f"{label} {show(data[key])} (here {show(ours)})" for key, label, ours, show in facts
+           if ours is not None and norm.get(key, str)(data[key]) != norm.get(key, str)(ours)]
     if bad:
         raise SidecarError(f"{where}: this engine was built for {'; '.join(bad)} -- rebuild it on this machine "
                            "with `autr export trt`")
-
-
-def _engine_spec(data: dict, where: str):
-    """Input size / T range of an engine sidecar (its shape profile), else the ONNX sidecar's keys."""
-    profile = _first(data, SIDECAR_KEYS["shape_profile"], "profile", "profiles")
-    if isinstance(profile, list) and profile:
-        profile = profile[0]
-    if isinstance(profile, dict) and isinstance(profile.get("frames"), (dict, list)):
-        fr = profile["frames"]
-        mins, maxs = (fr.get("min"), fr.get("max")) if isinstance(fr, dict) else (fr[0], fr[-1])
-        if isinstance(mins, list) and isinstance(maxs, list) and len(maxs) == 4:
-            return (int(maxs[2]), int(maxs[3])), int(mins[0]), int(maxs[0])
-    spec = parse_spec(data, where)
-    return spec.input_size, spec.t_min, spec.t_max
 
 
 class TrtBackend(Backend):
@@ -134,7 +103,7 @@ class TrtBackend(Backend):
             data = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SidecarError(f"cannot read the sidecar {side}: {exc}") from None
-        size, t_min, t_max = _engine_spec(data, f"sidecar {side}")
+        spec = parse_spec(data, f"sidecar {side}")
         trt, cuda = import_tensorrt()
         import autr.plugins as plugins
 
@@ -155,7 +124,7 @@ class TrtBackend(Backend):
         cc = dev.compute_capability()
         check_engine_sidecar(data, trt.__version__, gpu_name, cc, plugins.library_hash(plugin_library),
                              where=f"sidecar {side}")
-        super().__init__(size, t_min, t_max, device=f"cuda:{device} ({gpu_name}, sm_{cc[0]}{cc[1]})")
+        super().__init__(spec.input_size, spec.t_min, spec.t_max, device=f"cuda:{device} ({gpu_name}, sm_{cc[0]}{cc[1]})")
         self.artifact = engine
         self.sidecar = side
         self.plugin_library = plugin_library
