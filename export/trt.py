@@ -29,8 +29,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -233,92 +231,26 @@ def write_engine(directory, plan, sidecar: dict) -> tuple:
 
 # ------------------------------------------------------------------------------- TensorRT and the GPU
 def import_tensorrt():
-    """The tensorrt module (10 or newer), or TrtUnavailable: one line saying how to install it."""
-    from autr.runtime.backends.trt import INSTALL_HINT
+    """(tensorrt 10+, pycuda.driver) -- the same modules the runtime's trt backend runs the engine with -- or
+    TrtUnavailable: one line saying how to install them."""
+    from autr.runtime.backends.trt import import_tensorrt as load
+
+    return load("`autr export trt`", TrtUnavailable)
+
+
+def gpu_info(cuda, device: int = 0) -> dict:
+    """{"gpu_name", "compute_capability" ("8.6")} of CUDA device `device` (the one TensorRT builds on), asked of
+    pycuda exactly as the runtime's trt backend asks when it checks the engine; TrtUnavailable (one line) when
+    there is no such GPU."""
+    from autr.runtime.backends.trt import INSTALL_HINT, cuda_device
     from autr.runtime.errors import one_line
 
     try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: a TensorRT / CUDA shared library that will not load
-        raise TrtUnavailable(f"`autr export trt` needs TensorRT, which is not installed here ({one_line(exc)}); "
-                             f"{INSTALL_HINT}") from None
-    try:
-        major = int(str(trt.__version__).split(".")[0])
-    except (AttributeError, ValueError):
-        major = 0
-    if major < 10:
-        raise TrtUnavailable(f"TensorRT {getattr(trt, '__version__', '?')} is too old: `autr export trt` uses the "
-                             f"TensorRT 10+ API; {INSTALL_HINT}")
-    return trt
-
-
-def gpu_info(device: int = 0) -> dict:
-    """{"gpu_name", "compute_capability" ("8.6"), "source"} of CUDA device `device` (the one TensorRT builds on).
-
-    Asked of pycuda (what the runtime's trt backend uses, so names agree), else cuda-python, else
-    ``nvidia-smi``; TrtUnavailable (one line) when none of them finds a GPU.
-    """
-    from autr.runtime.backends.trt import INSTALL_HINT
-    from autr.runtime.errors import one_line
-
-    tried = []
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        tried.append("pycuda: not installed")
-    else:
-        try:
-            cuda.init()
-            dev = cuda.Device(int(device))
-            major, minor = dev.compute_capability()
-            return {"gpu_name": str(dev.name()), "compute_capability": f"{int(major)}.{int(minor)}", "source": "pycuda"}
-        except Exception as exc:  # pycuda raises its own LogicError / RuntimeError types
-            tried.append(f"pycuda: {one_line(exc)}")
-    try:
-        try:
-            from cuda.bindings import driver
-        except ImportError:
-            from cuda import cuda as driver
-    except ImportError:
-        tried.append("cuda-python: not installed")
-    else:
-        try:
-            ok = driver.CUresult.CUDA_SUCCESS
-
-            def call(fn, *args):
-                err, *out = fn(*args)
-                if err != ok:
-                    raise RuntimeError(f"{fn.__name__}: {err}")
-                return out[0] if out else None
-
-            call(driver.cuInit, 0)
-            dev = call(driver.cuDeviceGet, int(device))
-            raw = call(driver.cuDeviceGetName, 256, dev)
-            name = raw.split(b"\0", 1)[0].decode() if isinstance(raw, bytes) else str(raw)
-            attr = driver.CUdevice_attribute
-            major = call(driver.cuDeviceGetAttribute, attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
-            minor = call(driver.cuDeviceGetAttribute, attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
-            return {"gpu_name": name, "compute_capability": f"{int(major)}.{int(minor)}", "source": "cuda-python"}
-        except Exception as exc:
-            tried.append(f"cuda-python: {one_line(exc)}")
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        tried.append("nvidia-smi: not found")
-    else:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-        index = visible[int(device)].strip() if visible[0].strip() and int(device) < len(visible) else str(device)
-        try:
-            proc = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", index],
-                                  capture_output=True, text=True, timeout=30)
-            line = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else ""
-            name, _, cc = line.rpartition(",")
-            if not name or not cc.strip():
-                raise RuntimeError(one_line(proc.stderr or proc.stdout or f"exit status {proc.returncode}"))
-            return {"gpu_name": name.strip(), "compute_capability": cc.strip(), "source": "nvidia-smi"}
-        except Exception as exc:
-            tried.append(f"nvidia-smi: {one_line(exc)}")
-    raise TrtUnavailable(f"`autr export trt` needs an NVIDIA GPU with its driver, and none was found "
-                         f"({'; '.join(tried)}); {INSTALL_HINT}")
+        _, name, (major, minor) = cuda_device(cuda, device)
+    except Exception as exc:  # pycuda raises its own LogicError / RuntimeError types
+        raise TrtUnavailable(f"`autr export trt` needs an NVIDIA GPU with its driver, and CUDA device {device} is "
+                             f"not usable ({one_line(exc)}); {INSTALL_HINT}") from None
+    return {"gpu_name": name, "compute_capability": f"{major}.{minor}"}
 
 
 def _plugin_library(explicit=None) -> tuple:
@@ -473,8 +405,8 @@ def build_engine(directory, fp16: bool = False, workspace_gb: float = DEFAULT_WO
         workspace = 0
     if workspace <= 0:
         raise ExportError(f"--workspace must be a positive number of GiB, got {workspace_gb!r}")
-    trt = import_tensorrt()
-    gpu = gpu_info(0)
+    trt, cuda = import_tensorrt()
+    gpu = gpu_info(cuda, 0)
     plugin, plugin_hash = _plugin_library(plugin_library)
     precision = "fp16" if fp16 else "fp32"
     with _build_lock(directory):
@@ -508,7 +440,6 @@ def _build_locked(trt, directory, onnx_side, size, source, prof, workspace, timi
         "tensorrt_version": key["tensorrt_version"],
         "gpu_name": key["gpu_name"],
         "compute_capability": key["compute_capability"],
-        "gpu_info_source": gpu["source"],
         "plugin_library_hash": plugin_hash,
         "plugin_library": str(plugin),
         "precision": precision,

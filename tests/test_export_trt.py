@@ -315,12 +315,20 @@ def test_trt_command_stays_light_without_tensorrt(export_dir):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_cli_without_gpu_says_so(monkeypatch, fake_env, export_dir):
-    for mod in ("pycuda", "pycuda.driver", "cuda", "cuda.bindings"):
-        monkeypatch.setitem(sys.modules, mod, None)
-    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi
+def test_cli_without_pycuda_or_gpu_says_so(monkeypatch, fake_env, export_dir):
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     text = _one_line_failure(CliRunner().invoke(export_group, ["trt", str(export_dir)]))
-    assert "needs an NVIDIA GPU" in text and "nvidia-smi: not found" in text and "pip install" in text
+    assert "`autr export trt` needs pycuda, which is not installed here" in text and "pip install" in text
+    pkg, cuda = fake_pycuda()
+
+    def no_driver():
+        raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
+
+    cuda.init = no_driver
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    text = _one_line_failure(CliRunner().invoke(export_group, ["trt", str(export_dir)]))
+    assert "needs an NVIDIA GPU with its driver" in text and "no CUDA-capable device" in text and "pip install" in text
 
 
 def test_cli_refuses_bad_profile_in_one_line(fake_env, export_dir):
@@ -451,7 +459,7 @@ def test_real_tensorrt_engine_build(export_dir, tmp_path):
     except ImportError:
         pytest.skip("needs TensorRT (pip install 'tensorrt>=10' on a machine with an NVIDIA GPU)")
     try:
-        et.gpu_info(0)
+        et.gpu_info(et.import_tensorrt()[1], 0)
     except et.TrtUnavailable as exc:
         pytest.skip(f"needs an NVIDIA GPU: {exc}")
     import autr.plugins as plugins

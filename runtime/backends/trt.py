@@ -21,30 +21,41 @@ from ..errors import BackendError, BackendUnavailable, SidecarError, one_line
 from .base import Backend, check_inputs
 from .sidecar import find_sidecar, parse_spec
 
-__all__ = ["TrtBackend", "check_engine_sidecar", "import_tensorrt", "INSTALL_HINT"]
+__all__ = ["TrtBackend", "check_engine_sidecar", "cuda_device", "import_tensorrt", "INSTALL_HINT"]
 
 INSTALL_HINT = ("pip install 'tensorrt>=10' 'pycuda>=2024.1' (needs an NVIDIA GPU, its driver and the CUDA toolkit for "
                 "pycuda's build), then build the plugin with `python -m autr.plugins build --trt-include DIR`")
 
 
 
-def import_tensorrt():
-    """(tensorrt, pycuda.driver), or BackendUnavailable naming what is missing and how to install it."""
+def import_tensorrt(user: str = "the trt backend", error=BackendUnavailable):
+    """(tensorrt 10+, pycuda.driver), or ``error`` -- one line naming what is missing and how to install it.
+    ``user`` names who needs them in that line (``autr export trt`` uses this too)."""
     try:
         import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable(f"the trt backend needs TensorRT, which is not installed here ({one_line(exc)}); "
-                                 f"{INSTALL_HINT}") from None
+    except (ImportError, OSError) as exc:  # OSError: a TensorRT / CUDA shared library that will not load
+        raise error(f"{user} needs TensorRT, which is not installed here ({one_line(exc)}); {INSTALL_HINT}") from None
+    try:
+        major = int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        major = 0
+    if major < 10:
+        raise error(f"TensorRT {getattr(trt, '__version__', '?')} is too old: {user} uses the TensorRT 10+ API; "
+                    f"{INSTALL_HINT}")
     try:
         import pycuda.driver as cuda
-    except ImportError as exc:
-        raise BackendUnavailable(f"the trt backend needs pycuda, which is not installed here ({one_line(exc)}); "
-                                 f"{INSTALL_HINT}") from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: the engine API used here is TensorRT 10+; "
-                                 f"{INSTALL_HINT}")
+    except (ImportError, OSError) as exc:
+        raise error(f"{user} needs pycuda, which is not installed here ({one_line(exc)}); {INSTALL_HINT}") from None
     return trt, cuda
+
+
+def cuda_device(cuda, index: int = 0):
+    """(pycuda Device, its name, its compute capability (major, minor)); the exporter records the same name and
+    capability that the backend later compares. Raises whatever pycuda raises where there is no such GPU."""
+    cuda.init()
+    dev = cuda.Device(int(index))
+    major, minor = dev.compute_capability()
+    return dev, str(dev.name()), (int(major), int(minor))
 
 
 def cc_text(cc) -> str | None:
@@ -115,13 +126,10 @@ class TrtBackend(Backend):
                                          "`python -m autr.plugins build --trt-include DIR`") from None
         plugin_library = Path(plugin_library)
         try:
-            cuda.init()
-            dev = cuda.Device(int(device))
+            dev, gpu_name, cc = cuda_device(cuda, device)
             self._ctx = dev.retain_primary_context()  # the context TensorRT's CUDA runtime uses too
-        except Exception as exc:
+        except Exception as exc:  # pycuda raises its own LogicError / RuntimeError types
             raise BackendUnavailable(f"no usable CUDA device {device}: {one_line(exc)}") from None
-        gpu_name = dev.name()
-        cc = dev.compute_capability()
         check_engine_sidecar(data, trt.__version__, gpu_name, cc, plugins.library_hash(plugin_library),
                              where=f"sidecar {side}")
         super().__init__(spec.input_size, spec.t_min, spec.t_max, device=f"cuda:{device} ({gpu_name}, sm_{cc[0]}{cc[1]})")
