@@ -104,17 +104,13 @@ def model_cmd(ctx, checkpoint, preset, onnx, engines, backends, precisions, fram
               device, provider, cache_dir, json_out, plot_out, md_out, quiet):
     """Whole-model latency, throughput and memory per backend, precision and T, against the research-code
     baseline (PyTorch eager, reference MSDA, float32), which is always the first row."""
-    from .core import BenchError, parse_list
+    from .core import BenchError
 
     try:
-        from .model_bench import BACKENDS, PRECISIONS, validate_model_args
+        from .model_bench import validate_model_args
 
-        b = parse_list(backends, BACKENDS, "backend")
-        p = parse_list(precisions, PRECISIONS, "precision")
-        f = parse_list(frames, None, "frame count (--frames)", int)
-        validate_model_args(b, p, f, onnx, engines, checkpoint, preset, size, warmup, iters)
-        if threads is not None and threads < 1:
-            raise BenchError(f"--threads must be >= 1, got {threads}")
+        b, p, f = validate_model_args(backends, precisions, frames, onnx, engines, checkpoint, preset, size, warmup,
+                                      iters, threads)
     except BenchError as exc:
         _fail(str(exc))
     refusals = _refusals()
@@ -153,26 +149,12 @@ def msda_cmd(ctx, presets, size, frames, cases, impls, dtypes, device, warmup, i
              md_out, quiet):
     """The MSDA op alone: time, bytes moved and achieved bandwidth per implementation, at the model's sizes and
     at Deformable-DETR size."""
-    from .core import BenchError, parse_list
+    from .core import BenchError
 
     try:
-        from .msda_bench import DTYPES, IMPLS
+        from .msda_bench import validate_msda_args
 
-        pr = parse_list(presets, None, "preset")
-        cs = parse_list(cases, ("model", "detr"), "case")
-        im = parse_list(impls, IMPLS, "implementation")
-        dt = parse_list(dtypes, tuple(DTYPES), "dtype")
-        if frames < 1:
-            raise BenchError(f"--frames must be >= 1, got {frames}")
-        if size <= 0 or size % 32:
-            raise BenchError(f"--size must be a positive multiple of 32, got {size}")
-        if warmup < 0 or iters < 1:
-            raise BenchError(f"--warmup must be >= 0 and --iters >= 1 (got {warmup}, {iters})")
-        from autr.presets import list_presets
-
-        unknown = [x for x in pr if x not in list_presets()]
-        if unknown and "model" in cs:
-            raise BenchError(f"unknown preset {unknown[0]!r}; choose from {', '.join(list_presets())}")
+        pr, cs, im, dt = validate_msda_args(presets, size, frames, cases, impls, dtypes, warmup, iters, threads)
     except BenchError as exc:
         _fail(str(exc))
     refusals = _refusals()
@@ -213,27 +195,13 @@ def stream_cmd(ctx, backend, checkpoint, preset, onnx, engine, input_file, secon
                modes, threads, provider, device, cache_dir, json_out, plot_out, md_out, quiet):
     """The streaming runtime end to end on a file, paced in real time and as fast as possible: windows/s,
     end-to-end latency percentiles, drops."""
-    from .core import BenchError, parse_list
+    from .core import BenchError
 
     try:
-        from .stream_bench import STREAM_BACKENDS
+        from .stream_bench import validate_stream_args
 
-        parse_list(backend, STREAM_BACKENDS, "backend")
-        md = parse_list(modes, ("realtime", "fast"), "mode")
-        if checkpoint is not None and preset is not None:
-            raise BenchError("give --checkpoint or --preset, not both")
-        if seconds <= 0 or fps < 1 or window < 1:
-            raise BenchError(f"need --seconds > 0, --fps >= 1 and --window >= 1 (got {seconds}, {fps}, {window})")
-        if size is not None and (size <= 0 or size % 32):
-            raise BenchError(f"--size must be a positive multiple of 32, got {size}")
-        from pathlib import Path
-
-        if input_file is not None and not Path(input_file).is_file():
-            raise BenchError(f"--input {input_file}: no such file")
-        if onnx is not None and not Path(onnx).exists():
-            raise BenchError(f"--onnx {onnx}: no such export directory or file")
-        if engine is not None and not Path(engine).is_file():
-            raise BenchError(f"--engine {engine}: no such file")
+        md = validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window,
+                                  modes, threads)
     except BenchError as exc:
         _fail(str(exc))
     refusals = _refusals()

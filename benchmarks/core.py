@@ -72,6 +72,19 @@ def parse_list(text, choices=None, what: str = "value", cast=str) -> list:
     return items
 
 
+def check_common(size=None, warmup: int = 0, iters: int = 1, threads=None, frames=()) -> None:
+    """The checks every benchmark shares (BenchError, one line): model input size, timing loop, threads, T."""
+    if size is not None and (size <= 0 or size % 32):
+        raise BenchError(f"--size must be a positive multiple of 32, got {size}")
+    if warmup < 0 or iters < 1:
+        raise BenchError(f"--warmup must be >= 0 and --iters >= 1 (got {warmup}, {iters})")
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {threads}")
+    for t in frames:
+        if int(t) < 1:
+            raise BenchError(f"--frames must be >= 1, got {t}")
+
+
 # ----------------------------------------------------------------------------------------------- timing
 def time_cpu(fn, warmup: int = 2, iters: int = 10, after=None) -> list:
     """Wall time of `fn()` in ms, `iters` samples after `warmup` untimed calls; `after()`, if given, runs

@@ -46,23 +46,17 @@ def default_cache_dir() -> Path:
 
 # ----------------------------------------------------------------------------------------------- arguments
 def validate_model_args(backends, precisions, frames, onnx=None, engines=(), checkpoint=None, preset=None,
-                        size=None, warmup: int = 2, iters: int = 10) -> None:
-    """Everything that can be refused before torch is imported (BenchError, one line)."""
-    from .core import parse_list
+                        size=None, warmup: int = 2, iters: int = 10, threads=None) -> tuple:
+    """Everything that can be refused before torch is imported (BenchError, one line). Returns the
+    (backends, precisions, frames) lists, parsed from "a,b" text or checked as given."""
+    from .core import check_common, parse_list
 
-    if isinstance(backends, str):
-        backends = parse_list(backends, BACKENDS, "backend")
-    if isinstance(precisions, str):
-        precisions = parse_list(precisions, PRECISIONS, "precision")
-    for b in backends:
-        if b not in BACKENDS:
-            raise BenchError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise BenchError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
-    for t in frames:
-        if int(t) < 1:
-            raise BenchError(f"--frames must be >= 1, got {t}")
+    def listed(value, choices, what, cast=str):
+        return parse_list(value if isinstance(value, str) else ",".join(map(str, value)), choices, what, cast)
+
+    backends = listed(backends, BACKENDS, "backend")
+    precisions = listed(precisions, PRECISIONS, "precision")
+    frames = listed(frames, None, "frame count (--frames)", int)
     if checkpoint is not None and preset is not None:
         raise BenchError("give --checkpoint or --preset, not both")
     if onnx is not None:
@@ -76,10 +70,8 @@ def validate_model_args(backends, precisions, frames, onnx=None, engines=(), che
             raise BenchError(f"--engine {e}: no such file")
     if checkpoint not in (None, "default") and not Path(checkpoint).is_file():
         raise BenchError(f"--checkpoint {checkpoint}: no such file")
-    if size is not None and (size <= 0 or size % 32):
-        raise BenchError(f"--size must be a positive multiple of 32, got {size}")
-    if warmup < 0 or iters < 1:
-        raise BenchError(f"--warmup must be >= 0 and --iters >= 1 (got {warmup}, {iters})")
+    check_common(size, warmup, iters, threads, frames)
+    return backends, precisions, frames
 
 
 def resolve_model_source(checkpoint=None, preset=None, onnx=None, seed: int = 0):
@@ -667,8 +659,8 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
     from .msda_bench import resolve_device
 
     say = log or (lambda msg: None)
-    frames = [int(t) for t in frames]
-    validate_model_args(backends, precisions, frames, onnx, engines, checkpoint, preset, size, warmup, iters)
+    backends, precisions, frames = validate_model_args(backends, precisions, frames, onnx, engines, checkpoint,
+                                                       preset, size, warmup, iters, threads)
     if threads:
         torch.set_num_threads(int(threads))
     device = resolve_device(device)

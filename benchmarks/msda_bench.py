@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .core import BenchError
+from .core import BenchError, check_common, parse_list
 
 __all__ = ["MsdaCase", "IMPLS", "DTYPES", "model_cases", "detr_case", "bytes_moved", "random_inputs",
            "rel_error", "rel_l2_error", "run_msda_bench", "format_msda"]
@@ -72,10 +72,7 @@ def model_cases(preset: str, size: int = 224, frames: int = 5) -> list:
         cfg = get_config(preset)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
-    if size <= 0 or size % 32:
-        raise BenchError(f"--size must be a positive multiple of 32, got {size}")
-    if frames < 1:
-        raise BenchError(f"--frames must be >= 1, got {frames}")
+    check_common(size, frames=(frames,))
     shapes = [(size // s, size // s) for s in STRIDES[:N_LEVELS]]
     d = cfg.d_model // cfg.n_heads
     s = sum(h * w for h, w in shapes)
@@ -285,6 +282,23 @@ def bench_case(case: MsdaCase, impls, dtypes, device: str = "cpu", warmup: int =
     return rows
 
 
+def validate_msda_args(presets, size: int, frames: int, cases, impls, dtypes, warmup: int, iters: int,
+                       threads=None) -> tuple:
+    """Everything that can be refused before torch is imported (BenchError, one line). Returns the
+    (presets, cases, impls, dtypes) lists, parsed from "a,b" text or checked as given."""
+    from autr.presets import list_presets
+
+    def listed(value, choices, what):
+        return parse_list(value if isinstance(value, str) else ",".join(value), choices, what)
+
+    cases = listed(cases, ("model", "detr"), "case")
+    presets = listed(presets, list_presets() if "model" in cases else None, "preset")
+    impls = listed(impls, IMPLS, "implementation")
+    dtypes = listed(dtypes, tuple(DTYPES), "dtype")
+    check_common(size, warmup, iters, threads, (frames,))
+    return presets, cases, impls, dtypes
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
 
@@ -299,6 +313,8 @@ def run_msda_bench(presets=("small",), size: int = 224, frames: int = 5, cases=(
                    impls=IMPLS, dtypes=("fp32", "fp16"), device: str = "auto", warmup: int = 3, iters: int = 20,
                    threads: int | None = None, plugin_library=None, seed: int = 0, log=None) -> dict:
     """Every case x implementation x dtype; returns {"cases": [...], "rows": [...], "bytes_model": ...}."""
+    presets, cases, impls, dtypes = validate_msda_args(presets, size, frames, cases, impls, dtypes, warmup, iters,
+                                                       threads)
     import torch
 
     if threads:

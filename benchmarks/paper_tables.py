@@ -15,7 +15,6 @@ without dynamic convolution.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -24,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .core import utc_now, write_result
 
 TEST_SEED = 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_tables_synth.json"
@@ -134,14 +135,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     started = time.time()
     rows = run_all(args.root, args)
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    result = {"date": utc_now(),
               "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
               "command": "python -m autr.benchmarks.paper_tables " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "budget": {k: getattr(args, k) for k in ("preset", "size", "train", "val", "epochs", "test_clips")},
               "seconds": round(time.time() - started, 1), "rows": rows}
     result["markdown"] = markdown(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     print(result["markdown"])
     print(f"wrote {args.out}")
     return 0

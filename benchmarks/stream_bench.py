@@ -107,6 +107,29 @@ def _summary(rep: dict) -> dict:
             "stopped_by": rep.get("stopped_by"), "error": rep.get("error")}
 
 
+def validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window, modes,
+                         threads=None) -> list:
+    """Everything that can be refused before a model is loaded (BenchError, one line); returns the modes."""
+    from .core import check_common, parse_list
+
+    parse_list(backend, STREAM_BACKENDS, "backend")
+    modes = parse_list(modes if isinstance(modes, str) else ",".join(modes), ("realtime", "fast"), "mode")
+    if checkpoint is not None and preset is not None:
+        raise BenchError("give --checkpoint or --preset, not both")
+    if seconds <= 0 or fps < 1 or window < 1:
+        raise BenchError(f"need --seconds > 0, --fps >= 1 and --window >= 1 (got {seconds}, {fps}, {window})")
+    check_common(size, threads=threads)
+    if input_file is not None and not Path(input_file).is_file():
+        raise BenchError(f"--input {input_file}: no such file")
+    if onnx is not None and not (Path(onnx) / "model.json").is_file() and not Path(onnx).is_file():
+        raise BenchError(f"--onnx {onnx}: not an export directory or ONNX file")
+    if backend == "trt" and engine is None:
+        raise BenchError("--backend trt needs --engine F")
+    if engine is not None and not Path(engine).is_file():
+        raise BenchError(f"--engine {engine}: no such file")
+    return modes
+
+
 def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=None, engine=None, input_file=None,
                      seconds: float = 5.0, fps: int = 10, video_size: int = 224, size=None, window: int = 1,
                      modes=("realtime", "fast"), threads=None, provider: str = "cpu", device: str = "cpu",
@@ -118,16 +141,8 @@ def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=No
     from autr.runtime.errors import StreamError
 
     say = log or (lambda msg: None)
-    if backend not in STREAM_BACKENDS:
-        raise BenchError(f"unknown backend {backend!r}; choose from {', '.join(STREAM_BACKENDS)}")
-    if window < 1:
-        raise BenchError(f"--window must be >= 1, got {window}")
-    if input_file is not None and not Path(input_file).is_file():
-        raise BenchError(f"--input {input_file}: no such file")
-    if backend == "trt" and engine is None:
-        raise BenchError("--backend trt needs --engine F")
-    if onnx is not None and not (Path(onnx) / "model.json").is_file() and not Path(onnx).is_file():
-        raise BenchError(f"--onnx {onnx}: not an export directory or ONNX file")
+    modes = validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window,
+                                 modes, threads)
     cache_dir = Path(cache_dir) if cache_dir else None
     model_info = {"backend": backend}
     artifact, model = None, None

@@ -145,7 +145,9 @@ def test_bench_other_commands_refuse_bad_inputs():
                         (["msda", "--preset", "huge"], "unknown preset"),
                         (["stream", "--backend", "onnx"], "unknown backend"),
                         (["stream", "--input", "/no/such.mp4"], "no such file"),
-                        (["stream", "--onnx", "/no/such/dir"], "no such export")):
+                        (["stream", "--onnx", "/no/such/dir"], "not an export directory or ONNX file"),
+                        (["stream", "--backend", "trt"], "--backend trt needs --engine"),
+                        (["stream", "--window", "0"], "--window >= 1")):
         result = run_cli(args)
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()
@@ -416,3 +418,20 @@ def test_trt_engines_are_built_per_precision_next_to_the_export(model_run, cache
     assert (path.parent / "model.plugin.onnx").read_bytes() == (export / "model.plugin.onnx").read_bytes()
     with pytest.raises(model_bench.BenchError, match="model.plugin.fp16.onnx not found"):
         model_bench.build_bench_engine(export, "fp16")  # the test export has no float16 graphs
+
+
+def test_benchmarks_called_from_python_check_their_arguments_as_the_cli_does():
+    from autr.benchmarks.core import BenchError
+    from autr.benchmarks.model_bench import run_model_bench
+    from autr.benchmarks.msda_bench import run_msda_bench
+    from autr.benchmarks.stream_bench import run_stream_bench
+
+    for call, words in ((lambda: run_model_bench(backends=("torch", "magic")), "unknown backend 'magic'"),
+                        (lambda: run_model_bench(frames=(1, 0)), "--frames must be >= 1"),
+                        (lambda: run_model_bench(size=100), "multiple of 32"),
+                        (lambda: run_msda_bench(dtypes=["fp8"]), "unknown dtype 'fp8'"),
+                        (lambda: run_msda_bench(iters=0), "--iters >= 1"),
+                        (lambda: run_stream_bench(modes=("slow",)), "unknown mode 'slow'"),
+                        (lambda: run_stream_bench(threads=0), "--threads must be >= 1")):
+        with pytest.raises(BenchError, match=words):
+            call()
