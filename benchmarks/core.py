@@ -53,7 +53,10 @@ def slug(text: str) -> str:
 
 
 def parse_list(text, choices=None, what: str = "value", cast=str) -> list:
-    """'a,b' -> ['a', 'b'] (order kept, duplicates dropped); unknown choices or bad numbers -> BenchError."""
+    """'a,b' (or ['a', 'b']) -> ['a', 'b'] (order kept, duplicates dropped); unknown choices or bad numbers ->
+    BenchError."""
+    if not isinstance(text, str):
+        text = ",".join(map(str, text))
     items = []
     for part in str(text).split(","):
         part = part.strip()

@@ -49,22 +49,21 @@ def validate_model_args(backends, precisions, frames, onnx=None, engines=(), che
                         size=None, warmup: int = 2, iters: int = 10, threads=None) -> tuple:
     """Everything that can be refused before torch is imported (BenchError, one line). Returns the
     (backends, precisions, frames) lists, parsed from "a,b" text or checked as given."""
+    from autr.export.onnx_export import SIDECAR_FILE
+
     from .core import check_common, parse_list
 
-    def listed(value, choices, what, cast=str):
-        return parse_list(value if isinstance(value, str) else ",".join(map(str, value)), choices, what, cast)
-
-    backends = listed(backends, BACKENDS, "backend")
-    precisions = listed(precisions, PRECISIONS, "precision")
-    frames = listed(frames, None, "frame count (--frames)", int)
+    backends = parse_list(backends, BACKENDS, "backend")
+    precisions = parse_list(precisions, PRECISIONS, "precision")
+    frames = parse_list(frames, None, "frame count (--frames)", int)
     if checkpoint is not None and preset is not None:
         raise BenchError("give --checkpoint or --preset, not both")
     if onnx is not None:
         p = Path(onnx)
         if not p.is_dir():
             raise BenchError(f"--onnx {onnx}: no such export directory")
-        if not (p / "model.json").is_file():
-            raise BenchError(f"--onnx {onnx} holds no model.json: not an `autr export onnx` directory")
+        if not (p / SIDECAR_FILE).is_file():
+            raise BenchError(f"--onnx {onnx} holds no {SIDECAR_FILE}: not an `autr export onnx` directory")
     for e in engines:
         if not Path(e).is_file():
             raise BenchError(f"--engine {e}: no such file")
@@ -121,12 +120,12 @@ def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=
     `source` (resolve_model_source's record) makes the export from the same checkpoint / preset, so its sidecar
     names where the weights came from (and `--onnx DIR` can rebuild the PyTorch model from it); without one
     the in-memory model is exported."""
-    from autr.export.onnx_export import export_onnx, weights_digest
+    from autr.export.onnx_export import SIDECAR_FILE, export_onnx, weights_digest
 
     say = log or (lambda msg: None)
     digest = weights_digest(model)
     target = Path(cache_dir or default_cache_dir()) / f"{model.cfg.name}-{size}-{digest[:12]}"
-    side = target / "model.json"
+    side = target / SIDECAR_FILE
     have_t, have_fp16 = 0, False
     if side.is_file():
         try:
@@ -655,6 +654,8 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
                     device: str = "auto", provider: str = "auto", cache_dir=None, log=None) -> dict:
     import torch
 
+    from autr.export.onnx_export import read_export
+
     from .model_cost import count_parameters, gflops_per_frame
     from .msda_bench import resolve_device
 
@@ -684,7 +685,7 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
     if need_export and export_dir is None:
         export_dir = cached_export(model, size, max(frames), "fp16" in precisions, cache_dir, log=say, source=source)
     if export_dir is not None and sidecar is None:
-        sidecar = json.loads((export_dir / "model.json").read_text())
+        sidecar = read_export(export_dir)[1]
     if provider == "auto" and "ort" in backends:
         import onnxruntime as ort
 

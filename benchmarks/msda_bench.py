@@ -288,13 +288,10 @@ def validate_msda_args(presets, size: int, frames: int, cases, impls, dtypes, wa
     (presets, cases, impls, dtypes) lists, parsed from "a,b" text or checked as given."""
     from autr.presets import list_presets
 
-    def listed(value, choices, what):
-        return parse_list(value if isinstance(value, str) else ",".join(value), choices, what)
-
-    cases = listed(cases, ("model", "detr"), "case")
-    presets = listed(presets, list_presets() if "model" in cases else None, "preset")
-    impls = listed(impls, IMPLS, "implementation")
-    dtypes = listed(dtypes, tuple(DTYPES), "dtype")
+    cases = parse_list(cases, ("model", "detr"), "case")
+    presets = parse_list(presets, list_presets() if "model" in cases else None, "preset")
+    impls = parse_list(impls, IMPLS, "implementation")
+    dtypes = parse_list(dtypes, tuple(DTYPES), "dtype")
     check_common(size, warmup, iters, threads, (frames,))
     return presets, cases, impls, dtypes
 

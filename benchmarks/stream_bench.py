@@ -110,10 +110,12 @@ def _summary(rep: dict) -> dict:
 def validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window, modes,
                          threads=None) -> list:
     """Everything that can be refused before a model is loaded (BenchError, one line); returns the modes."""
+    from autr.export.onnx_export import SIDECAR_FILE
+
     from .core import check_common, parse_list
 
     parse_list(backend, STREAM_BACKENDS, "backend")
-    modes = parse_list(modes if isinstance(modes, str) else ",".join(modes), ("realtime", "fast"), "mode")
+    modes = parse_list(modes, ("realtime", "fast"), "mode")
     if checkpoint is not None and preset is not None:
         raise BenchError("give --checkpoint or --preset, not both")
     if seconds <= 0 or fps < 1 or window < 1:
@@ -121,7 +123,7 @@ def validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, 
     check_common(size, threads=threads)
     if input_file is not None and not Path(input_file).is_file():
         raise BenchError(f"--input {input_file}: no such file")
-    if onnx is not None and not (Path(onnx) / "model.json").is_file() and not Path(onnx).is_file():
+    if onnx is not None and not (Path(onnx) / SIDECAR_FILE).is_file() and not Path(onnx).is_file():
         raise BenchError(f"--onnx {onnx}: not an export directory or ONNX file")
     if backend == "trt" and engine is None:
         raise BenchError("--backend trt needs --engine F")

@@ -93,6 +93,10 @@ def test_ort_backend_refuses_missing_or_foreign_sidecars(tmp_path):
     other = make_tiny_onnx(tmp_path / "other", sidecar=side)
     with pytest.raises(SidecarError, match="sample_rate=44100"):
         open_backend(artifact=other)
+    renamed = make_tiny_onnx(tmp_path / "renamed", name="mine.onnx")
+    with pytest.raises(BackendError, match="holds no model.portable.onnx \\(found: mine.onnx\\)"):
+        open_backend(artifact=renamed.parent)
+    assert open_backend(artifact=renamed).input_size == (TINY_SIZE, TINY_SIZE)  # the file itself is fine
     wrong = make_tiny_onnx(tmp_path / "wrong", sidecar=exporter_sidecar(64, (1, 4)))
     with pytest.raises(BackendError, match="sidecar says input size 64x64"):
         open_backend(artifact=wrong)

@@ -22,22 +22,11 @@ def resolve_onnx(path) -> Path:
     """The portable graph of ``path`` (a file, or an export directory holding ``model.portable.onnx``)."""
     p = Path(path)
     if p.is_dir():
-        cand = p / PORTABLE_NAME
-        side = p / "model.json"
-        if not cand.is_file() and side.is_file():  # the exporter's sidecar names its graphs
-            try:
-                import json
-
-                name = json.loads(side.read_text(encoding="utf-8"))["graphs"]["portable"]["file"]
-                cand = p / name
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        if not cand.is_file():
-            onnx = sorted(p.glob("*.portable.onnx")) or sorted(p.glob("*.onnx"))
-            if len(onnx) != 1:
-                raise BackendError(f"{p} holds no {PORTABLE_NAME} (found: {', '.join(x.name for x in onnx) or 'nothing'})")
-            cand = onnx[0]
-        return cand
+        if not (p / PORTABLE_NAME).is_file():
+            found = ", ".join(sorted(x.name for x in p.glob("*.onnx"))) or "no ONNX file"
+            raise BackendError(f"{p} holds no {PORTABLE_NAME} (found: {found}); export with `autr export onnx`, or "
+                               "name the graph file itself")
+        return p / PORTABLE_NAME
     if not p.is_file():
         raise BackendError(f"ONNX model not found: {p}")
     return p
@@ -71,7 +60,6 @@ class OrtBackend(Backend):
         super().__init__(spec.input_size, spec.t_min, spec.t_max)
         self.artifact = onnx_path
         self.sidecar = side_path
-        self.spec = spec
         available = ort.get_available_providers()
         provider = (provider or "cpu").lower()
         if provider == "auto":

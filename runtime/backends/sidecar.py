@@ -14,7 +14,7 @@ The runtime never guesses how a model wants its inputs. It reads what the export
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ class ModelSpec:
     input_size: tuple
     t_min: int
     t_max: int
-    raw: dict = field(default_factory=dict)
 
 
 def find_sidecar(artifact) -> Path | None:
@@ -50,7 +49,7 @@ def read_sidecar(artifact) -> tuple:
     if path is None:
         raise SidecarError(f"no sidecar next to {artifact} (looked for {Path(artifact).name}.json and "
                            f"{ONNX_SIDECAR}): the runtime reads the input size and T range from it and never guesses "
-                           "-- export with `autr export onnx` to get one")
+                           "-- export with `autr export onnx` (and `autr export trt` for an engine) to get one")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -81,7 +80,7 @@ def parse_spec(data: dict, where: str = "the sidecar") -> ModelSpec:
     if t_range[1] < t_range[0]:
         raise SidecarError(f"{where} records an impossible T range {t_range[0]}..{t_range[1]}")
     check_preprocessing(data.get("preprocessing"), where)
-    return ModelSpec(input_size=size, t_min=t_range[0], t_max=t_range[1], raw=data)
+    return ModelSpec(input_size=size, t_min=t_range[0], t_max=t_range[1])
 
 
 def _leaves(block: dict, prefix: str = ""):

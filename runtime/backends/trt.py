@@ -12,20 +12,18 @@ refused with the reason instead of failing obscurely inside TensorRT.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError, BackendUnavailable, SidecarError, one_line
 from .base import Backend, check_inputs
-from .sidecar import find_sidecar, parse_spec
+from .sidecar import parse_spec, read_sidecar
 
 __all__ = ["TrtBackend", "check_engine_sidecar", "cuda_device", "import_tensorrt", "INSTALL_HINT"]
 
 INSTALL_HINT = ("pip install 'tensorrt>=10' 'pycuda>=2024.1' (needs an NVIDIA GPU, its driver and the CUDA toolkit for "
                 "pycuda's build), then build the plugin with `python -m autr.plugins build --trt-include DIR`")
-
 
 
 def import_tensorrt(user: str = "the trt backend", error=BackendUnavailable):
@@ -106,14 +104,7 @@ class TrtBackend(Backend):
         engine = Path(engine)
         if not engine.is_file():
             raise BackendError(f"TensorRT engine not found: {engine}")
-        side = find_sidecar(engine)
-        if side is None:
-            raise SidecarError(f"no sidecar next to {engine} ({engine.name}.json / {engine.stem}.json / model.json): "
-                               "the runtime reads the input size, T range and build facts from it")
-        try:
-            data = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SidecarError(f"cannot read the sidecar {side}: {exc}") from None
+        side, data = read_sidecar(engine)
         spec = parse_spec(data, f"sidecar {side}")
         trt, cuda = import_tensorrt()
         import autr.plugins as plugins
