@@ -206,7 +206,7 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
 @click.option("--seconds", default=10.0, show_default=True, help="Length of the live scene.")
 @click.option("--fps", default=15.0, show_default=True, help="Frame rate of the scene.")
 @click.option("--seed", default=7, show_default=True, help="Which synthetic scene to play.")
-@click.option("--threads", type=int, help="ONNX Runtime threads (default: its own choice).")
+@click.option("--threads", type=int, help="ONNX Runtime threads (default: the runtime's thread plan, one per core).")
 @click.option("--out", default="autr-demo", show_default=True, type=click.Path(file_okay=False))
 def demo(checkpoint, seconds, fps, seed, threads, out):
     """Stream a synthetic scene (a sounding object, silent distractors) through ONNX Runtime, live.
@@ -221,6 +221,8 @@ def demo(checkpoint, seconds, fps, seed, threads, out):
 
     if seconds <= 0 or fps <= 0:
         _fail(f"--seconds and --fps must be positive; got {seconds} and {fps}")
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be >= 1; got {threads}")
     if checkpoint == "untrained":
         click.secho("note: untrained weights — the masks show the pipeline, not a trained model", fg="yellow")
     try:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 EXPORT_DIR = "model"
+ISOLATED_RUNS = 20  # backend calls timed alone before the scene starts (the in-pipeline comparison)
 
 
 def export_for_demo(checkpoint, out: Path, log=None) -> Path:
@@ -48,16 +49,19 @@ def run_demo(checkpoint="default", out="autr-demo", seconds: float = 10.0, fps: 
              threads: int | None = None, log=None) -> dict:
     """Stream `seconds` of a synthetic scene at `fps` through ONNX Runtime; returns the runtime's report."""
     from autr.runtime import Mp4Sink, StreamRunner, SyntheticSource, open_backend, write_report
+    from autr.runtime.threads import plan_threads
 
+    plan = plan_threads(pipeline=True, threads=threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = export_for_demo(checkpoint, out, log=log)
-    backend = open_backend("ort", model_dir, provider="cpu", threads=threads)
+    backend = open_backend("ort", model_dir, provider="cpu", threads=plan.intra_op, spinning=plan.spinning)
     try:
         source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True)
         source.start()
-        sink = Mp4Sink(out / "demo.mp4")
-        report = StreamRunner(source, backend, sinks=[sink], duration=seconds).run()
+        sink = Mp4Sink(out / "demo.mp4", threads=plan.encoder)
+        report = StreamRunner(source, backend, sinks=[sink], duration=seconds, isolated_runs=ISOLATED_RUNS,
+                              plan=plan).run()
     finally:
         backend.close()
     report["demo"] = {"checkpoint": str(checkpoint), "export": str(model_dir), "video": str(sink.path),
@@ -75,6 +79,15 @@ def summarize(report: dict) -> str:
              f"{report['frames']['dropped']['total']} dropped",
              f"end to end p50 {lat['p50']:.0f} / p90 {lat['p90']:.0f} / p99 {lat['p99']:.0f} / "
              f"max {lat['max']:.0f} ms; inference p50 {stages['inference']['p50']:.0f} ms"]
+    iso = report.get("inference_isolated_ms")
+    if iso:
+        lines[-1] += (f" in the pipeline vs {iso['p50']:.0f} ms alone "
+                      f"({report['inference_in_pipeline_vs_isolated']:.2f}x)")
+    th = report.get("threads") or {}
+    if th.get("backend"):
+        b = th["backend"]
+        lines.append(f"threads: inference {b['intra_op']} (spinning {'on' if b['spinning'] else 'off'}), "
+                     f"BLAS {th['blas']}, encoder {th['encoder']}, on {th['cores']} cores")
     gt = report.get("synthetic_gt")
     if gt:
         lines.append(f"mean IoU with the sounding object: {gt['mean_iou']:.3f} over {gt['frames_with_sound']} "

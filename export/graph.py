@@ -4,8 +4,9 @@ Everything here works on `onnx.ModelProto` and numpy; nothing imports torch.
 
 * `simplify` — after onnxscript's optimizer (constant folding, dead code, shape-op folding) the
   exporter's graph still holds multi-output `Split`s of weights (onnxscript skips those) and every
-  node's trace metadata. `simplify` folds those splits into initializers, drops the metadata, merges
-  identical initializers, names the MSDA index constants and removes what is left unused.
+  node's trace metadata. `simplify` folds those splits into initializers, folds constant scales and
+  offsets that follow a linear layer into its weights (`fold_affine_into_linear`), drops the metadata,
+  merges identical initializers, names the MSDA index constants and removes what is left unused.
 * `convert_opset` — the trace is at opset 18; newer opsets come from onnx's version converter, and
   opset 17 from `to_opset17`: the converter too, except `Split` (no 18 -> 17 adapter), which is
   set aside and rewritten by hand.
@@ -161,8 +162,123 @@ def remove_unused(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(vi)
 
 
+def _trailing_split(shape, k_cols: int) -> int | None:
+    """How many trailing dims of a Reshape target `shape` split the last axis of `k_cols` (None: not a split)."""
+    prod = 1
+    for n in range(1, len(shape) + 1):
+        d = int(shape[-n])
+        if d <= 0:
+            return None
+        prod *= d
+        if prod == k_cols:
+            return n
+        if prod > k_cols:
+            return None
+    return None
+
+
+def fold_affine_into_linear(model: onnx.ModelProto) -> int:
+    """Fold a constant elementwise step after a linear layer into the layer's weights and bias.
+
+    The pattern (Deformable-DETR's sampling offsets: ``(x @ W + b).view(..., M, L, P, 2) / normalizer +
+    reference_points``)::
+
+        Y = Reshape(Add(MatMul(X, W), b), shape)  then  Div / Mul / Add / Sub (Y, C)
+
+    with W, b, shape and C constants, `shape` splitting the last axis into trailing dims, becomes
+    ``Reshape(Add(MatMul(X, W'), b'), shape)``: a Div / Mul by a C that is constant along the leading dims
+    scales W's columns and b; an Add / Sub of C goes into b (which becomes a [rows, K] matrix when C varies
+    along a static leading shape, e.g. the encoder's reference points). One broadcast elementwise node less
+    per match, and the broadcasts that cost most in ONNX Runtime are gone. Returns how many were folded.
+    """
+    inits = _initializers(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers = collections.Counter(i for n in model.graph.node for i in n.input)
+    outputs = {o.name for o in model.graph.output}
+    dims = _static_shapes(model)
+    fresh = unique_namer(model)
+    drop, folded = set(), 0
+
+    def const(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def add_init(array, base) -> str:
+        name = fresh(base)
+        inits[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        model.graph.initializer.append(inits[name])
+        return name
+
+    for node in list(model.graph.node):
+        if node.op_type not in ("Div", "Mul", "Add", "Sub") or node.domain not in ("", "ai.onnx"):
+            continue
+        for y_idx in (0, 1) if node.op_type in ("Mul", "Add") else (0,):  # C / Y, C - Y: not affine alike
+            y, c = node.input[y_idx], const(node.input[1 - y_idx])
+            reshape = producer.get(y)
+            if reshape is None or c is None or reshape.op_type != "Reshape" or consumers[y] != 1 or y in outputs:
+                continue
+            add, shape = producer.get(reshape.input[0]), const(reshape.input[1])
+            if add is None or shape is None or add.op_type != "Add" or consumers[add.output[0]] != 1:
+                continue
+            mm = None
+            for a_idx in (0, 1):
+                cand, b = producer.get(add.input[a_idx]), const(add.input[1 - a_idx])
+                if cand is not None and cand.op_type == "MatMul" and b is not None and consumers[cand.output[0]] == 1:
+                    mm, bias = cand, b
+            if mm is None:
+                continue
+            w = const(mm.input[1])
+            if w is None or w.ndim != 2 or c.dtype != w.dtype or bias.shape not in ((w.shape[1],), (1, w.shape[1])):
+                continue
+            k_cols = w.shape[1]
+            n_trail = _trailing_split(shape, k_cols)
+            if n_trail is None or c.ndim > len(shape):
+                continue
+            c_full = c.reshape((1,) * (len(shape) - c.ndim) + c.shape)
+            lead_c, trail_c = c_full.shape[:-n_trail], c_full.shape[-n_trail:]
+            trail_shape = tuple(int(d) for d in shape[-n_trail:])
+            if any(a not in (1, b) for a, b in zip(trail_c, trail_shape)):
+                continue
+            if all(d == 1 for d in lead_c):  # constant along the rows: one value per column
+                per_col = np.broadcast_to(c_full.reshape(trail_c), trail_shape).reshape(k_cols)
+                if node.op_type == "Div":
+                    if not np.all(per_col != 0):
+                        continue
+                    mm.input[1] = add_init(w / per_col, mm.input[1] + "_folded")
+                    new_b = bias.reshape(k_cols) / per_col
+                elif node.op_type == "Mul":
+                    mm.input[1] = add_init(w * per_col, mm.input[1] + "_folded")
+                    new_b = bias.reshape(k_cols) * per_col
+                else:
+                    new_b = bias.reshape(k_cols) + (per_col if node.op_type == "Add" else -per_col)
+            elif node.op_type in ("Add", "Sub"):  # one offset per row and column: the bias becomes a matrix
+                out_dims = dims.get(mm.output[0])
+                lead_shape = tuple(int(d) for d in shape[:-n_trail])
+                if (out_dims is None or any(not d for d in out_dims) or out_dims[-1] != k_cols
+                        or int(np.prod(out_dims[:-1])) != int(np.prod(lead_shape)) or min(lead_shape) <= 0
+                        or any(a not in (1, b) for a, b in zip(lead_c, lead_shape))):
+                    continue
+                offset = np.broadcast_to(c_full, lead_shape + trail_shape).reshape(tuple(out_dims))
+                new_b = bias.reshape(k_cols) + (offset if node.op_type == "Add" else -offset)
+            else:
+                continue
+            add.input[:] = [mm.output[0], add_init(new_b.astype(w.dtype), "folded_bias")]
+            # the elementwise node goes: the Reshape now writes its output
+            reshape.output[0] = node.output[0]
+            producer[node.output[0]] = reshape
+            drop.add(id(node))
+            folded += 1
+            break
+    if drop:
+        keep = [n for n in model.graph.node if id(n) not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        remove_unused(model)
+    return folded
+
+
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     fold_constant_splits(model)
+    fold_affine_into_linear(model)
     strip_metadata(model)
     dedupe_initializers(model)
     name_msda_constants(model)

@@ -57,7 +57,8 @@ def _summary(rep: dict) -> str:
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, auto) / TensorRT GPU index.")
-@click.option("--threads", type=int, help="Inference threads (ONNX Runtime / torch).")
+@click.option("--threads", type=int, help="Inference threads (ONNX Runtime / torch); default: the thread plan's "
+              "(one per available core, idle workers sleep; see runtime/README.md).")
 @click.option("--queue", "queue_size", default=1, show_default=True, help="Capacity of each stage queue.")
 @click.option("--fps", default=10.0, show_default=True, help="Frame rate of the synthetic scene.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic scene.")
@@ -97,6 +98,12 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
         _fail(f"--window must be >= 1; got {window}")
     if duration is not None and duration <= 0:
         _fail(f"--duration must be positive; got {duration}")
+    from autr.runtime.threads import plan_threads
+
+    try:
+        plan = plan_threads(pipeline=True, threads=threads)
+    except ValueError as exc:
+        _fail(str(exc))
 
     from autr.runtime import (DisplaySink, LiveSource, MaskPngSink, MediaSource, MicrophoneSource, Mp4Sink,
                               StreamError, StreamRunner, SyntheticSource, WebcamSource, display_problem, open_backend,
@@ -115,7 +122,8 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
         previous = None
     try:
         try:
-            backend = open_backend(kind, artifact, provider=provider, device=device, threads=threads)
+            backend = open_backend(kind, artifact, provider=provider, device=device, threads=plan.intra_op,
+                                   spinning=plan.spinning)
             if synthetic:
                 source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True, audio=not silent_audio,
                                          queue_size=queue_size)
@@ -148,7 +156,7 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
             _fail("interrupted before the stream started", code=130)
 
         runner = StreamRunner(source, backend, sinks=sinks, window=window, queue_size=queue_size, duration=duration,
-                              threshold=threshold)
+                              threshold=threshold, plan=plan)
         rep = runner.run()
         wrote = [f"{s.path} ({s.frames} frames)" for s in sinks if isinstance(s, Mp4Sink) and s.frames]
         wrote += [f"{s.dir}/ ({s.count} masks)" for s in sinks if isinstance(s, MaskPngSink)]

@@ -33,6 +33,7 @@ from .frames import Packet
 from .queues import BoundedQueue, Closed
 from .render import mask_from_logits, render_overlay
 from .stats import LatencyRecorder, environment, now
+from .threads import ThreadPlan, limit_blas, limit_opencv, plan_threads
 
 __all__ = ["StreamRunner", "write_report"]
 
@@ -54,11 +55,17 @@ class StreamRunner:
         first_frame_timeout: the same for the first frame (network streams probe before the first frame).
         warmup: run the backend once before the source starts, so the report shows steady-state latency.
         on_packet: optional callback ``f(packet)`` after the sinks (tests, benchmarks).
+        isolated_runs: before the source starts, time this many backend calls with nothing else running, so
+            the report compares in-pipeline inference with the same model timed alone (0: skip).
+        plan: the :class:`~autr.runtime.threads.ThreadPlan` in force (None: the default plan for this source);
+            numpy's BLAS and OpenCV are limited to ``plan.blas`` / ``plan.opencv`` threads while the runner
+            runs, and the plan is reported.
     """
 
     def __init__(self, source, backend, sinks=(), window: int = 1, queue_size: int = 1, duration: float | None = None,
                  audio_wait: float = 0.1, threshold: float = 0.0, render: bool = True, frame_timeout: float = 10.0,
-                 first_frame_timeout: float = 30.0, warmup: bool = True, on_packet=None, hud: bool = True):
+                 first_frame_timeout: float = 30.0, warmup: bool = True, on_packet=None, hud: bool = True,
+                 isolated_runs: int = 0, plan: ThreadPlan | None = None):
         if window < 1:
             raise StreamError(f"--window must be >= 1; got {window}")
         if not backend.supports(window):
@@ -80,7 +87,12 @@ class StreamRunner:
         self.frame_timeout = float(frame_timeout)
         self.first_frame_timeout = float(first_frame_timeout)
         self.warmup = bool(warmup)
+        self.isolated_runs = max(0, int(isolated_runs))
+        self.isolated_ms: list = []
+        self._before_start = (0, 0)  # (frames captured, dropped by the source queue) before the pipeline ran
         self.on_packet = on_packet
+        self.plan = plan if plan is not None else plan_threads(pipeline=True)
+        self._blas_limited: list = []
         self.latency = LatencyRecorder()
         self._stop = threading.Event()
         self._error: StreamError | None = None
@@ -281,14 +293,27 @@ class StreamRunner:
         self._recent_out.append(s["done"])
         self._recent_e2e.append(e2e)
 
+    def _source_dropped(self) -> int:
+        """Frames the source queue dropped since the pipeline started (not while the model warmed up)."""
+        return self.source.frames.dropped - self._before_start[1]
+
+    def _captured(self) -> int:
+        """Frames captured since the pipeline started, the one waiting in the queue then included."""
+        return self.source.captured - self._before_start[0]
+
     def dropped_total(self) -> int:
-        return self.source.frames.dropped + self.q_infer.dropped + self.q_out.dropped
+        return self._source_dropped() + self.q_infer.dropped + self.q_out.dropped
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> dict:
         """Run until the input ends, ``duration`` is reached, a fault, ``stop()`` or Ctrl-C; close the sinks
         (always) and return the report. A fault is in ``report["error"]`` and in :attr:`error`; Ctrl-C
         (KeyboardInterrupt) is caught, reported as ``stopped_by: "interrupt"`` and not re-raised."""
+        with limit_opencv(self.plan.opencv), limit_blas(self.plan.blas) as limited:
+            self._blas_limited = limited
+            return self._run()
+
+    def _run(self) -> dict:
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         interrupted = False
         previous_handler = self._catch_sigint()
@@ -297,7 +322,11 @@ class StreamRunner:
                 t0 = now()
                 self.backend.warmup(self.window)
                 self.warmup_ms = round((now() - t0) * 1000.0, 3)
+            self._time_isolated()
             self.source.start()
+            # a live source started before run() (to fail fast) captured frames while the model warmed up:
+            # those are "before_start", not drops; the newest one, still queued, counts as captured now
+            self._before_start = (self.source.captured - len(self.source.frames), self.source.frames.dropped)
             for sink in self.sinks:
                 if hasattr(sink, "attach"):
                     sink.attach(self.source)
@@ -328,6 +357,16 @@ class StreamRunner:
                 signal.signal(signal.SIGINT, previous_handler)
             self._shutdown(interrupted or self._sigint)
         return self.report()
+
+    def _time_isolated(self) -> None:
+        """Time ``isolated_runs`` backend calls on one window of zeros before anything else runs."""
+        h, w = self.backend.input_size
+        frames = np.zeros((self.window, 3, h, w), np.float32)
+        log_mel = np.full((self.window, 1, 96, 64), np.log(0.01), np.float32)
+        for _ in range(self.isolated_runs):
+            t0 = now()
+            self.backend.infer(frames, log_mel)
+            self.isolated_ms.append((now() - t0) * 1000.0)
 
     def _catch_sigint(self):
         """In the main thread, the first Ctrl-C only raises a flag that the output loop checks between frames,
@@ -386,7 +425,7 @@ class StreamRunner:
             audio.update(ring.stats())
         audio["late_windows_used_newest"] = self.audio_late
         audio["windows_without_audio"] = self.audio_missing
-        drops = {"source": self.source.frames.dropped, "inference_queue": self.q_infer.dropped,
+        drops = {"source": self._source_dropped(), "inference_queue": self.q_infer.dropped,
                  "output_queue": self.q_out.dropped}
         drops["total"] = sum(drops.values())
         env = environment(self.backend.versions())
@@ -400,14 +439,17 @@ class StreamRunner:
             "source": self.source.describe(),
             "backend": self.backend.describe(),
             "window_T": self.window,
+            "threads": {**self.plan.describe(), "blas_limited": self._blas_limited,
+                        "backend": getattr(self.backend, "threads", None)},
             "queues": {"source": self.source.frames.stats(), "inference": self.q_infer.stats(),
                        "output": self.q_out.stats()},
-            "frames": {"captured": self.source.captured, "assembled": self.frames_in, "output": self.frames_out,
+            "frames": {"captured": self._captured(), "before_start": self._before_start[0],
+                       "assembled": self.frames_in, "output": self.frames_out,
                        "dropped": drops, "discarded_at_stop": self.discarded_at_stop,
                        "after_duration": self.skipped_after_duration},
             "fps": {"output": None if not wall else round(self.frames_out / wall, 3),
                     "output_steady": None if not out_span else round((self.frames_out - 1) / out_span, 3),
-                    "captured": None if not wall else round(self.source.captured / wall, 3)},
+                    "captured": None if not wall else round(self._captured() / wall, 3)},
             "wall_seconds": None if wall is None else round(wall, 3),
             "warmup_ms": self.warmup_ms,
             "latency_ms": self.latency.summary_ms(),
@@ -417,6 +459,13 @@ class StreamRunner:
             "device": env["device"],
             "versions": env["versions"],
         }
+        if self.isolated_ms:
+            iso = np.asarray(self.isolated_ms)
+            rep["inference_isolated_ms"] = {"runs": int(iso.size), "p50": round(float(np.median(iso)), 3),
+                                            "p90": round(float(np.percentile(iso, 90)), 3)}
+            in_pipe = rep["latency_ms"].get("inference", {}).get("p50")
+            rep["inference_in_pipeline_vs_isolated"] = (None if not in_pipe else
+                                                        round(in_pipe / rep["inference_isolated_ms"]["p50"], 3))
         if self.gt_frames:
             rep["synthetic_gt"] = {"frames_with_sound": self.gt_frames,
                                    "mean_iou": round(self.gt_iou_sum / self.gt_frames, 4)}

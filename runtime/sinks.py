@@ -91,17 +91,19 @@ class Mp4Sink(Sink):
         audio: True (default): the source's audio, connected when the pipeline starts (:meth:`attach`);
             an :class:`AudioRingBuffer`; or False / None: no audio track.
         fps: nominal rate written in the header (default: the source's, when it has one).
+        threads: encoder threads (1: the thread plan's; x264 would start one per core and fight inference).
     """
 
     name = "mp4"
 
-    def __init__(self, path, audio=True, fps: float | None = None, crf: int = 23):
+    def __init__(self, path, audio=True, fps: float | None = None, crf: int = 23, threads: int = 1):
         self.path = Path(path)
         self._want_audio = audio is True
         self.audio = None if audio is True or audio is False else audio
         self._fps_given = fps is not None
         self.fps = float(fps) if fps else 25.0
         self.crf = int(crf)
+        self.threads = int(threads)
         self.container = None
         self.vstream = None
         self.astream = None
@@ -141,7 +143,10 @@ class Mp4Sink(Sink):
         self.vstream.pix_fmt = "yuv420p"
         self.vstream.codec_context.time_base = Fraction(1, 1000)
         if codec == "libx264":
-            self.vstream.codec_context.options = {"crf": str(self.crf), "preset": "veryfast"}
+            self.vstream.codec_context.options = {"crf": str(self.crf), "preset": "veryfast",
+                                                  "threads": str(self.threads)}
+        else:
+            self.vstream.codec_context.thread_count = self.threads
         self._size = (self.vstream.height, self.vstream.width)
         if self.audio is not None:
             self._layout = "stereo" if self.audio.channels == 2 else "mono"

@@ -36,14 +36,15 @@ def backend_kind_for(artifact) -> str:
 def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
     """Open a backend. ``kind`` None picks it from the artifact (:func:`backend_kind_for`).
 
-    Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``; torch -- ``device``, ``threads``;
+    Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``, ``spinning``; torch -- ``device``, ``threads``;
     trt -- ``plugin_library``, ``device`` (index); fake -- ``input_size``, ``delay``, ``t_max``.
     """
     kind = kind or backend_kind_for(artifact)
     if kind == "ort":
         from .ort import OrtBackend
 
-        return OrtBackend(artifact, provider=options.get("provider", "cpu"), threads=options.get("threads"))
+        return OrtBackend(artifact, provider=options.get("provider", "cpu"), threads=options.get("threads"),
+                          spinning=options.get("spinning"))
     if kind == "torch":
         from .torch_backend import TorchBackend
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, BackendUnavailable, one_line
+from ..threads import available_cores
 from .base import Backend, check_inputs
 from .sidecar import parse_spec, read_sidecar
 
@@ -47,12 +48,15 @@ class OrtBackend(Backend):
     Args:
         path: the ``.onnx`` file, or the export directory.
         provider: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
-        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+        threads: intra-op threads, the calling thread included (None: one per available core).
+        spinning: let idle intra-op workers busy-wait between operators (None: off). Off is what a live
+            pipeline wants: a spinning worker holds a core that preprocessing and rendering need
+            (runtime/threads.py, "thread plan").
     """
 
     name = "ort"
 
-    def __init__(self, path, provider: str = "cpu", threads: int | None = None):
+    def __init__(self, path, provider: str = "cpu", threads: int | None = None, spinning: bool | None = None):
         ort = _import_ort()
         onnx_path = resolve_onnx(path)
         side_path, data = read_sidecar(onnx_path)
@@ -73,10 +77,18 @@ class OrtBackend(Backend):
             providers = ["CPUExecutionProvider"]
         else:
             raise BackendError(f"unknown provider {provider!r}; use cpu, cuda or auto")
+        intra = available_cores() if threads is None else int(threads)
+        if intra < 1:
+            raise BackendError(f"threads must be >= 1; got {threads}")
+        spin = bool(spinning)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
+        opts.intra_op_num_threads = intra
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.threads = {"intra_op": intra, "inter_op": 1, "spinning": spin}
         try:
             self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
         except Exception as exc:
@@ -111,7 +123,7 @@ class OrtBackend(Backend):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update({"sidecar": str(self.sidecar), "providers": self.session.get_providers()})
+        d.update({"sidecar": str(self.sidecar), "providers": self.session.get_providers(), "threads": self.threads})
         return d
 
     def versions(self) -> dict:
