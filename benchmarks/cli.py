@@ -181,7 +181,8 @@ def msda_cmd(ctx, presets, size, frames, cases, impls, dtypes, device, warmup, i
 @click.option("--input", "input_file", type=click.Path(), help="A media file (default: a SynthAVS video made here).")
 @click.option("--seconds", default=5.0, show_default=True, help="Length of the generated video.")
 @click.option("--fps", default=10, show_default=True, help="Frame rate of the generated video.")
-@click.option("--video-size", default=224, show_default=True, help="Side of the generated video.")
+@click.option("--video-size", default="224", show_default=True,
+              help="Side (224) or WIDTHxHEIGHT (640x480) of the generated video.")
 @click.option("--size", type=int, help="Model input size (default: the model's).")
 @click.option("--window", default=1, show_default=True, help="T: frames per model call.")
 @click.option("--modes", default="realtime,fast", show_default=True, help="realtime, fast, or both.")
@@ -201,7 +202,7 @@ def stream_cmd(ctx, backend, checkpoint, preset, onnx, engine, input_file, secon
         from .stream_bench import validate_stream_args
 
         md = validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window,
-                                  modes, threads)
+                                  modes, threads, video_size)
     except BenchError as exc:
         _fail(str(exc))
     refusals = _refusals()

@@ -32,6 +32,7 @@ from importlib import metadata as _metadata
 from pathlib import Path
 
 __all__ = ["BenchError", "RESULTS_DIR", "utc_now", "parse_list", "time_cpu", "time_cuda", "time_fn", "summarize",
+           "gemm_gflops",
            "PeakRss", "environment", "envelope", "write_result", "command_line", "slug",
            "gpu_environment"]
 
@@ -135,6 +136,24 @@ def summarize(samples_ms) -> dict:
     for v in samples_ms:
         st.add(float(v) / 1e3)
     return st.summary_ms()
+
+
+def gemm_gflops(threads: int | None = None, n: int = 1024, repeats: int = 15) -> dict:
+    """This machine's float32 matrix-multiply throughput, the yardstick of the compute floor: numpy's
+    ``[n, n] @ [n, n]`` (BLAS sgemm), best of `repeats`, on `threads` BLAS threads (None: numpy's default).
+    Measured in the same run as the rows it is compared with (hosts here differ by 3x)."""
+    import numpy as np
+
+    from autr.runtime.threads import limit_blas
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    with limit_blas(threads) as limited:
+        a @ b
+        best = min(time_cpu(lambda: a @ b, warmup=1, iters=repeats))
+    return {"gflops": round(2.0 * n ** 3 / (best / 1e3) / 1e9, 2), "n": n, "repeats": repeats, "best_ms": round(best, 3),
+            "threads": threads or "numpy default", "blas": limited or "unlimited"}
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -34,8 +34,13 @@ def heading(result: dict) -> str:
 def markdown_model(result: dict) -> str:
     gpu = any("gpu" in r for r in result["rows"])
     head = ["backend", "precision", "variant", "T", "p50 ms", "p90 ms", "p99 ms", "max ms", "frames/s",
-            "vs baseline", "peak mem MB"] + (["GPU compute ms", "copies ms"] if gpu else [])
+            "vs baseline", "vs floor", "peak mem MB"] + (["GPU compute ms", "copies ms"] if gpu else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    floor = result.get("floor")
+    if floor:
+        lines = [f"Compute floor: {floor['gflops_per_frame']} GFLOP per frame / {floor['gemm']['gflops']:.0f} GFLOP/s "
+                 f"(numpy float32 GEMM on {floor['gemm']['threads']} thread(s), this run) = "
+                 f"**{floor['ms_per_frame']:.1f} ms per frame**; `vs floor` = p50 / (T × floor).", ""] + lines
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     for r in ok:
         lat = r["latency_ms"]
@@ -44,7 +49,8 @@ def markdown_model(result: dict) -> str:
             mem = (r.get("memory") or {}).get("peak_rss_delta_mb")
         cells = [r["backend"] + (" (baseline)" if r.get("baseline") else ""), r["precision"], r["variant"],
                  str(r["frames"]), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(lat["max"]),
-                 _f(r.get("throughput_fps"), ".2f"), _f(r.get("speedup_vs_baseline"), ".2f") + "x", _f(mem, ".0f")]
+                 _f(r.get("throughput_fps"), ".2f"), _f(r.get("speedup_vs_baseline"), ".2f") + "x",
+                 _f(r.get("vs_floor"), ".2f", "–") + ("x" if r.get("vs_floor") else ""), _f(mem, ".0f")]
         if gpu:
             g = r.get("gpu") or {}
             cells += [_f((g.get("compute_ms") or {}).get("p50"), ".2f"), _f((g.get("copy_ms") or {}).get("p50"), ".2f")]
@@ -76,14 +82,17 @@ def markdown_msda(result: dict) -> str:
 
 
 def markdown_stream(result: dict) -> str:
-    head = ["run", "windows/s", "e2e p50 ms", "p90 ms", "p99 ms", "max ms", "inference p50 ms", "frames out",
-            "dropped"]
+    head = ["run", "windows/s", "e2e p50 ms", "p90 ms", "p99 ms", "max ms", "inference p50 ms", "alone p50 ms",
+            "in pipeline / alone", "frames out", "dropped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, r in result["runs"].items():
         e, inf = r["end_to_end_ms"], r["inference_ms"]
+        alone = (r.get("inference_isolated_ms") or {}).get("p50")
+        ratio = r.get("inference_in_pipeline_vs_isolated")
         lines.append("| " + " | ".join([mode, _f(r.get("windows_per_s"), ".2f"), _f(e.get("p50")), _f(e.get("p90")),
-                                         _f(e.get("p99")), _f(e.get("max")), _f(inf.get("p50")), str(r["output"]),
-                                         str(r["dropped"])]) + " |")
+                                         _f(e.get("p99")), _f(e.get("max")), _f(inf.get("p50")), _f(alone, ".1f", "–"),
+                                         _f(ratio, ".2f", "–") + ("x" if ratio else ""), str(r["output"]),
+                                         f"{r['dropped']} of {r.get('captured', '?')}"]) + " |")
     return "\n".join(lines)
 
 

@@ -24,10 +24,24 @@ from .core import BenchError
 __all__ = ["make_synth_media", "run_stream_bench", "format_stream", "STREAM_BACKENDS"]
 
 STREAM_BACKENDS = ("ort", "torch", "trt", "fake")
+ISOLATED_RUNS = 20  # backend calls timed alone before each run: the in-pipeline vs isolated comparison
 
 
-def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size: int = 224, seed: int = 0) -> Path:
-    """Write a SynthAVS mp4 (H.264 video, AAC 16 kHz mono audio) of `seconds` seconds."""
+def parse_video_size(size) -> tuple[int, int]:
+    """``224`` / ``"224"`` -> (224, 224); ``"640x480"`` -> (640, 480): width x height, even sides (yuv420p)."""
+    text = str(size).lower().strip()
+    try:
+        w, h = (int(x) for x in text.split("x")) if "x" in text else (int(text), int(text))
+    except ValueError:
+        raise BenchError(f"--video-size {size!r}: give a side (224) or WIDTHxHEIGHT (640x480)") from None
+    if w < 16 or h < 16:
+        raise BenchError(f"--video-size {size!r}: sides must be at least 16 pixels")
+    return w // 2 * 2, h // 2 * 2
+
+
+def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size=224, seed: int = 0) -> Path:
+    """Write a SynthAVS mp4 (H.264 video, AAC 16 kHz mono audio) of `seconds` seconds; `size` is a side or
+    ``"WxH"`` (a non-square video is the square scene resized)."""
     import av
     import numpy as np
 
@@ -37,7 +51,8 @@ def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size: int = 224,
         raise BenchError(f"need seconds > 0 and fps >= 1 (got {seconds}, {fps})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = int(size) // 2 * 2  # yuv420p needs even sides
+    width, height = parse_video_size(size)
+    size = min(width, height)
     n_frames = max(1, int(round(seconds * fps)))
     n_samples = int(round(n_frames / fps * SAMPLE_RATE))
     clips = {}
@@ -52,14 +67,19 @@ def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size: int = 224,
     container = av.open(str(path), mode="w")
     try:
         v = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "g": str(fps)})
-        v.width = v.height = size
+        v.width, v.height = width, height
         v.pix_fmt = "yuv420p"
         a = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         pos, block = 0, 1024
         for i in range(n_frames):
             t = i / fps
             c, k = divmod(int(t), 5)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(clip(c).frames[k]), format="rgb24")
+            picture = clip(c).frames[k]
+            if picture.shape[:2] != (height, width):
+                import cv2
+
+                picture = cv2.resize(picture, (width, height), interpolation=cv2.INTER_LINEAR)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
             for packet in v.encode(frame):
                 container.mux(packet)
@@ -78,9 +98,10 @@ def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size: int = 224,
     return path
 
 
-def _open(kind: str, artifact, threads, provider: str, device: str, model=None, size=None):
+def _open(kind: str, artifact, plan, provider: str, device: str, model=None, size=None):
     from autr.runtime import open_backend
 
+    threads = plan.intra_op
     if kind == "torch":  # the model is resolved by run_stream_bench (checkpoint or preset)
         import torch
 
@@ -93,7 +114,7 @@ def _open(kind: str, artifact, threads, provider: str, device: str, model=None, 
     if kind == "fake":
         return open_backend("fake", input_size=(size, size))
     if kind == "ort":
-        return open_backend("ort", artifact, provider=provider, threads=threads)
+        return open_backend("ort", artifact, provider=provider, threads=threads, spinning=plan.spinning)
     return open_backend("trt", artifact)
 
 
@@ -104,11 +125,14 @@ def _summary(rep: dict) -> dict:
             "inference_ms": lat.get("inference", {"count": 0}), "captured": rep["frames"]["captured"],
             "output": rep["frames"]["output"], "dropped": rep["frames"]["dropped"]["total"],
             "dropped_by_queue": rep["frames"]["dropped"], "wall_seconds": rep.get("wall_seconds"),
-            "stopped_by": rep.get("stopped_by"), "error": rep.get("error")}
+            "stopped_by": rep.get("stopped_by"), "error": rep.get("error"),
+            "inference_isolated_ms": rep.get("inference_isolated_ms"),
+            "inference_in_pipeline_vs_isolated": rep.get("inference_in_pipeline_vs_isolated"),
+            "threads": rep.get("threads")}
 
 
 def validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window, modes,
-                         threads=None) -> list:
+                         threads=None, video_size=224) -> list:
     """Everything that can be refused before a model is loaded (BenchError, one line); returns the modes."""
     from autr.export.onnx_export import SIDECAR_FILE
 
@@ -121,6 +145,8 @@ def validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, 
     if seconds <= 0 or fps < 1 or window < 1:
         raise BenchError(f"need --seconds > 0, --fps >= 1 and --window >= 1 (got {seconds}, {fps}, {window})")
     check_common(size, threads=threads)
+    if input_file is None:
+        parse_video_size(video_size)
     if input_file is not None and not Path(input_file).is_file():
         raise BenchError(f"--input {input_file}: no such file")
     if onnx is not None and not (Path(onnx) / SIDECAR_FILE).is_file() and not Path(onnx).is_file():
@@ -144,7 +170,10 @@ def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=No
 
     say = log or (lambda msg: None)
     modes = validate_stream_args(backend, checkpoint, preset, onnx, engine, input_file, seconds, fps, size, window,
-                                 modes, threads)
+                                 modes, threads, video_size)
+    from autr.runtime.threads import plan_threads
+
+    plan = plan_threads(pipeline=True, threads=threads)
     cache_dir = Path(cache_dir) if cache_dir else None
     model_info = {"backend": backend}
     artifact, model = None, None
@@ -173,14 +202,15 @@ def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=No
         size = int(size or 224)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if input_file is None:
-            say(f"writing a {seconds:g} s SynthAVS video ({video_size}x{video_size}, {fps} fps)")
+            w, h = parse_video_size(video_size)
+            say(f"writing a {seconds:g} s SynthAVS video ({w}x{h}, {fps} fps)")
             media = make_synth_media(Path(tmp) / "synth.mp4", seconds, fps, video_size)
-            input_desc = {"file": None, "synthavs": {"seconds": seconds, "fps": fps, "size": video_size, "seed": 0}}
+            input_desc = {"file": None, "synthavs": {"seconds": seconds, "fps": fps, "size": [w, h], "seed": 0}}
         else:
             media = Path(input_file)
             input_desc = {"file": str(media)}
         try:
-            be = _open(backend, artifact, threads, provider, device, model, size)
+            be = _open(backend, artifact, plan, provider, device, model, size)
         except StreamError as exc:
             raise BenchError(str(exc)) from None
         runs = {}
@@ -188,7 +218,8 @@ def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=No
             for mode in modes:
                 say(f"streaming ({mode})")
                 source = MediaSource(media, realtime=(mode == "realtime"))
-                report = StreamRunner(source, be, window=window, render=False).run()
+                report = StreamRunner(source, be, window=window, render=False, plan=plan,
+                                      isolated_runs=ISOLATED_RUNS).run()
                 runs[mode] = {**_summary(report), "report": report}
         finally:
             be.close()
@@ -202,7 +233,7 @@ def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=No
 
 def format_stream(result: dict) -> str:
     lines = [f"{'run':<9} {'windows/s':>9} {'e2e p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'infer p50':>9} "
-             f"{'out':>5} {'dropped':>7}"]
+             f"{'alone':>6} {'out':>5} {'dropped':>7}"]
     for mode, r in result["runs"].items():
         e = r["end_to_end_ms"]
         inf = r["inference_ms"]
@@ -210,5 +241,7 @@ def format_stream(result: dict) -> str:
             lines.append(f"{mode:<9} no output ({r.get('error') or r.get('stopped_by')})")
             continue
         lines.append(f"{mode:<9} {r['windows_per_s'] or 0:>9.2f} {e['p50']:>8.1f} {e['p90']:>8.1f} {e['p99']:>8.1f} "
-                     f"{e['max']:>8.1f} {inf.get('p50', 0):>9.1f} {r['output']:>5} {r['dropped']:>7}")
+                     f"{e['max']:>8.1f} {inf.get('p50', 0):>9.1f} "
+                     f"{(r.get('inference_isolated_ms') or {}).get('p50', float('nan')):>6.1f} {r['output']:>5} "
+                     f"{r['dropped']:>7}")
     return "\n".join(lines)

@@ -84,6 +84,13 @@ def test_bench_model_baseline_first_and_ratios(model_run):
         base = next(b for b in rows[:2] if b["frames"] == r["frames"])
         assert r["speedup_vs_baseline"] == pytest.approx(base["latency_ms"]["p50"] / lat["p50"], rel=1e-2)
         assert r["memory"]["peak_rss_mb"] > 0 and r["memory"]["peak_rss_delta_mb"] >= 0
+        assert r["vs_floor"] == pytest.approx(lat["p50"] / (r["frames"] * res["floor"]["ms_per_frame"]), rel=1e-2)
+    # the compute floor: the model's GFLOPs at this run's GEMM speed, on the benchmark's threads
+    floor = res["floor"]
+    assert floor["gemm"]["gflops"] == max(floor["gemm_runs_gflops"]) > 0 and floor["gemm"]["threads"] == 1
+    assert floor["ms_per_frame"] == pytest.approx(res["model"]["gflops_per_frame"] / floor["gemm"]["gflops"] * 1e3,
+                                                  rel=1e-2)
+    assert res["thread_plan"]["intra_op"] == 1 and "compute floor" in result.output
     # CUDA-only torch variants and TensorRT are listed with their reasons, not dropped
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert any(r["backend"] == "torch" and "cuda" in r["variant"] for r in skipped)
