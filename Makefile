@@ -8,9 +8,21 @@ APT_PKGS := ffmpeg libportaudio2 pulseaudio
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST   := $(BIN)/python -m pytest
 
-.PHONY: install system test test-slow demo presets plugins bench gpu-check clean
+# The ONNX Runtime custom-op library (plugins/ort) is built where `python -m autr.plugins` builds
+# (default_build_dir(): $AUTR_PLUGIN_DIR, else $XDG_CACHE_HOME or ~/.cache, /autr/plugins), against the
+# ONNX Runtime C API headers of Debian trixie's libonnxruntime-dev, unpacked (never installed) into
+# $(ORT_HEADERS) by `make ort-headers`.
+PLUGIN_DIR  := $(or $(AUTR_PLUGIN_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/autr/plugins)
+ORT_HEADERS := $(PLUGIN_DIR)/ort-include
+ORT_DEB_MIRROR ?= http://deb.debian.org/debian
+ORT_DEB_SUITE  ?= trixie
+ORT_OPS_LIB := $(PLUGIN_DIR)/libautr_ort_ops.so
+ORT_OPS_SRC := plugins/csrc/ms_deform_attn_cpu.h plugins/csrc/ms_deform_attn_cpu.cpp plugins/ort/autr_ort_ops.cpp plugins/ort/exports.map \
+               plugins/csrc/ms_deform_attn.h plugins/csrc/ms_deform_attn.cuh plugins/csrc/ms_deform_attn.cu plugins/build.py
 
-install: system $(VENV)/.installed
+.PHONY: install system test test-slow demo presets plugins ort-headers ort-ops bench gpu-check clean
+
+install: system $(VENV)/.installed $(ORT_OPS_LIB)
 
 # System packages the toolkit needs (video/audio I/O, a virtual microphone for the tests).
 system:
@@ -27,6 +39,40 @@ $(VENV)/.installed: setup.py $(wildcard */__init__.py)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev,export,runtime]"
 	touch $@
+
+# ONNX Runtime C API headers, skipped when $AUTR_ORT_INCLUDE, $(ORT_HEADERS) or /usr/include/onnxruntime has
+# them: `apt-get download` of libonnxruntime-dev from $(ORT_DEB_SUITE) with private apt state (the system's
+# sources and package lists are left alone), then `dpkg -x` of its include/onnxruntime into $(ORT_HEADERS).
+ort-headers:
+	@for d in "$(AUTR_ORT_INCLUDE)" "$(ORT_HEADERS)" /usr/include/onnxruntime; do \
+	  if [ -n "$$d" ] && [ -f "$$d/onnxruntime_c_api.h" ]; then echo "ONNX Runtime headers: $$d"; exit 0; fi; \
+	done; \
+	command -v apt-get >/dev/null && command -v dpkg >/dev/null || { \
+	  echo "make ort-headers: no apt-get/dpkg here; set AUTR_ORT_INCLUDE to a directory with onnxruntime_c_api.h"; exit 1; }; \
+	keyring=/usr/share/keyrings/debian-archive-keyring.gpg; \
+	[ -f $$keyring ] || $(SUDO) apt-get install -y -qq --no-install-recommends debian-archive-keyring; \
+	work=$$(mktemp -d) && trap 'rm -rf "$$work"' EXIT && \
+	mkdir -p "$$work/lists/partial" "$$work/cache/archives/partial" "$$work/deb" && \
+	echo "deb [signed-by=$$keyring] $(ORT_DEB_MIRROR) $(ORT_DEB_SUITE) main" > "$$work/sources.list" && \
+	opts="-o Dir::Etc::SourceList=$$work/sources.list -o Dir::Etc::SourceParts=/dev/null \
+	      -o Dir::State::Lists=$$work/lists -o Dir::Cache=$$work/cache -o APT::Sandbox::User=root" && \
+	echo "fetching libonnxruntime-dev ($(ORT_DEB_SUITE)) for the ONNX Runtime C API headers" && \
+	apt-get $$opts -qq update && \
+	(cd "$$work/deb" && apt-get $$opts -qq download libonnxruntime-dev) && \
+	dpkg -x "$$work"/deb/libonnxruntime-dev_*.deb "$$work/root" && \
+	test -f "$$work/root/usr/include/onnxruntime/onnxruntime_c_api.h" && \
+	rm -rf "$(ORT_HEADERS).tmp" && mkdir -p "$(ORT_HEADERS).tmp" && \
+	cp -R "$$work/root/usr/include/onnxruntime/." "$(ORT_HEADERS).tmp/" && \
+	basename "$$work"/deb/libonnxruntime-dev_*.deb > "$(ORT_HEADERS).tmp/SOURCE" && \
+	rm -rf "$(ORT_HEADERS)" && mv "$(ORT_HEADERS).tmp" "$(ORT_HEADERS)" && \
+	echo "ONNX Runtime headers: $(ORT_HEADERS) ($$(cat "$(ORT_HEADERS)/SOURCE"))"
+
+# libautr_ort_ops.so (+ libautr_ort_ops_cuda.so where nvcc is present), rebuilt when its sources change.
+$(ORT_OPS_LIB): $(ORT_OPS_SRC) | $(VENV)/.installed ort-headers
+	$(BIN)/python -m autr.plugins build --ort
+
+ort-ops: $(VENV)/.installed ort-headers
+	$(BIN)/python -m autr.plugins build --ort
 
 # The CPU suite (what CI runs). pytest's exit code 5 ("no tests ran") is an error here: the suite is never empty.
 test: install

@@ -1,9 +1,12 @@
 """`autr bench msda`: the multi-scale deformable attention op alone.
 
-Implementations: `reference` (autr.ops.ms_deform_attn_reference, grid_sample; every device), `cuda` (the
+Implementations: `reference` (autr.ops.ms_deform_attn_reference, grid_sample; every device), `ort` (the
+ONNX Runtime custom-op library of autr.plugins on a one-node AutrMSDeformAttn graph, CPU execution provider,
+as many intra-op threads as torch uses; CPU only, needs `python -m autr.plugins build --ort`), `cuda` (the
 PyTorch CUDA extension of autr.plugins; CUDA only), `trt` (the TensorRT plugin AutrMSDeformAttn in a
 one-layer engine; needs TensorRT, the built plugin library and CUDA). What cannot run here is a row with
-its reason.
+its reason. The `ort` time is a whole `InferenceSession.run` (feeds, output allocation and the kernel), what
+the runtime pays per call.
 
 Sizes ("cases"):
     <preset>@<size> encoder -- the model's own encoder call: N = T frames, Lq = S = every position of the
@@ -30,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from .core import BenchError, check_common, parse_list
 
 __all__ = ["MsdaCase", "IMPLS", "DTYPES", "model_cases", "detr_case", "bytes_moved", "random_inputs",
-           "rel_error", "rel_l2_error", "run_msda_bench", "format_msda"]
+           "rel_error", "rel_l2_error", "msda_onnx_model", "OrtMsda", "run_msda_bench", "format_msda"]
 
-IMPLS = ("reference", "cuda", "trt")
+IMPLS = ("reference", "ort", "cuda", "trt")
 DTYPES = {"fp32": 4, "fp16": 2, "fp64": 8}
 DETR_SHAPES = ((100, 150), (50, 75), (25, 38), (13, 19))
 STRIDES = (8, 16, 32, 64)
@@ -220,11 +223,71 @@ class TrtMsda:
         return self.out
 
 
+def msda_onnx_model(case: MsdaCase, dtype: str = "fp32"):
+    """A one-node ONNX model: autr::AutrMSDeformAttn (plugin_version "1") with the case's static shapes, inputs
+    value / sampling_locations / attention_weights, the two index tensors as int32 initializers, output
+    `output` -- the node of the plugin graph, alone."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    if dtype not in ("fp32", "fp16"):
+        raise RuntimeError(f"the AutrMSDeformAttn node is float32 / float16, not {dtype}")
+    elem = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT
+    n, lq, m, d, lv, p = case.n, case.lq, case.m, case.d, case.levels, case.p
+    sizes = [h * w for h, w in case.shapes]
+    shapes = numpy_helper.from_array(np.asarray(case.shapes, np.int32).reshape(lv, 2), "spatial_shapes")
+    starts = numpy_helper.from_array(np.asarray([0] + list(np.cumsum(sizes)[:-1]), np.int32), "level_start_index")
+    node = helper.make_node("AutrMSDeformAttn", ["value", "spatial_shapes", "level_start_index", "sampling_locations",
+                                                 "attention_weights"], ["output"], domain="autr", plugin_version="1")
+    graph = helper.make_graph(
+        [node], "msda",
+        [helper.make_tensor_value_info("value", elem, [n, case.s, m, d]),
+         helper.make_tensor_value_info("sampling_locations", elem, [n, lq, m, lv, p, 2]),
+         helper.make_tensor_value_info("attention_weights", elem, [n, lq, m, lv, p])],
+        [helper.make_tensor_value_info("output", elem, [n, lq, m * d])],
+        initializer=[shapes, starts])
+    # IR version 9 (onnx 1.15): readable by every ONNX Runtime the library supports (>= 1.21)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("autr", 1)],
+                             ir_version=9)
+
+
+class OrtMsda:
+    """The ONNX Runtime custom-op library (autr.plugins.register_msda) running `msda_onnx_model(case)` on the
+    CPU execution provider with `threads` intra-op threads; takes and returns torch CPU tensors."""
+
+    def __init__(self, case: MsdaCase, dtype: str, threads: int | None = None, library=None):
+        import torch
+
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeError(f"onnxruntime is not installed here ({exc}); pip install onnxruntime") from None
+        from autr.plugins import register_msda
+
+        model = msda_onnx_model(case, dtype)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        reason = register_msda(options, library=library)
+        if reason:
+            raise RuntimeError(reason)
+        self.torch = torch
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, value, spatial_shapes, level_start_index, loc, weights):
+        feeds = {"value": value.contiguous().numpy(), "sampling_locations": loc.contiguous().numpy(),
+                 "attention_weights": weights.contiguous().numpy()}
+        return self.torch.from_numpy(self.session.run(None, feeds)[0])
+
+
 def _impl(name: str, case: MsdaCase, dtype: str, device: str, plugin_library=None):
     if name == "reference":
         if not str(device).startswith("cuda") and dtype == "fp16":
             raise RuntimeError("grid_sample has no float16 CPU kernel; fp16 runs on CUDA")
         return _reference()
+    if name == "ort":
+        if str(device).startswith("cuda"):
+            raise RuntimeError("the ort row times ONNX Runtime's CPU execution provider; run with --device cpu")
+        return OrtMsda(case, dtype)
     if name == "cuda":
         if dtype == "fp64":
             raise RuntimeError("timed in fp32 / fp16 only (fp64 is the gradcheck's dtype)")

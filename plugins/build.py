@@ -14,6 +14,14 @@ Library lookup (``library_path()``), first hit wins:
 2. ``<this package>/lib/libautr_trt_plugin.so`` (a wheel or an in-tree build may ship it there),
 3. ``default_build_dir()/libautr_trt_plugin.so``, where ``python -m autr.plugins build`` writes:
    ``$AUTR_PLUGIN_DIR``, else ``$XDG_CACHE_HOME/autr/plugins``, else ``~/.cache/autr/plugins``.
+
+ONNX Runtime custom-op library (``python -m autr.plugins build --ort``, see ``build_ort_ops``):
+- ``libautr_ort_ops.so``: the CPU kernel (csrc/ms_deform_attn_cpu.cpp) + its ONNX Runtime registration
+  (ort/autr_ort_ops.cpp), compiled by the C++ compiler alone (no nvcc) against the ONNX Runtime C API
+  headers (``find_ort_include``); exports ``RegisterCustomOps``.
+- ``libautr_ort_ops_cuda.so`` (when nvcc is present): the same plus the CUDA kernel for the CUDA execution
+  provider; CUDA runtime linked statically.
+Lookup (``ort_library_path()``): ``$AUTR_ORT_OPS``, ``<this package>/lib/``, ``default_build_dir()``.
 """
 from __future__ import annotations
 
@@ -44,16 +52,29 @@ PLUGIN_HEADER = TRT_DIR / "ms_deform_attn_plugin.h"
 LIBRARY_NAME = "libautr_trt_plugin.so"
 KERNEL_OBJECT_NAME = "ms_deform_attn.o"
 
+ORT_DIR = PACKAGE_DIR / "ort"
+ORT_SOURCE = ORT_DIR / "autr_ort_ops.cpp"
+ORT_EXPORTS_MAP = ORT_DIR / "exports.map"  # linker version script: the symbols below stay global, the rest local
+CPU_KERNEL_SOURCE = CSRC_DIR / "ms_deform_attn_cpu.cpp"
+ORT_LIBRARY_NAME = "libautr_ort_ops.so"
+ORT_CUDA_LIBRARY_NAME = "libautr_ort_ops_cuda.so"
+# the only symbols the ORT libraries export (ORT_EXPORTS_MAP)
+ORT_EXPORTS = ("RegisterCustomOps", "AutrOrtOpsApiVersion", "AutrOrtOpsHasCuda", "AutrOrtOpsCpuIsa")
+ORT_HEADERS_DIRNAME = "ort-include"  # default_build_dir()/ort-include: where `make ort-headers` unpacks them
+
 DEFAULT_ARCHS: tuple[str, ...] = ("80", "86", "89", "90")
 
 PLUGIN_ENV = "AUTR_TRT_PLUGIN"  # explicit path of libautr_trt_plugin.so
 PLUGIN_DIR_ENV = "AUTR_PLUGIN_DIR"  # where builds go / are looked up
 TRT_INCLUDE_ENV = "AUTR_TRT_INCLUDE"  # TensorRT include directory
+ORT_OPS_ENV = "AUTR_ORT_OPS"  # explicit path of the ONNX Runtime custom-op library
+ORT_INCLUDE_ENV = "AUTR_ORT_INCLUDE"  # ONNX Runtime C API include directory (holds onnxruntime_c_api.h)
 
 BUILD_HINT = (
     "build it with `python -m autr.plugins build --trt-include /path/to/TensorRT/include` "
     f"(or point ${PLUGIN_ENV} at an existing {LIBRARY_NAME})"
 )
+ORT_BUILD_HINT = "build it with `python -m autr.plugins build --ort` (`make install` does)"
 
 
 # --------------------------------------------------------------------------------------- locations
@@ -364,6 +385,191 @@ def build_all(
     result.trt_include = include
     result.trt_version = trt_version(include)
     result.library = build_trt_plugin(include, out, archs, nvcc, result.kernel_object, verbose)
+    return result
+
+
+# --------------------------------------------------------------------------------------- ONNX Runtime
+
+
+def ort_headers_cache_dir() -> Path:
+    """Where `make ort-headers` unpacks the ONNX Runtime C API headers (looked up by `find_ort_include`)."""
+    return default_build_dir() / ORT_HEADERS_DIRNAME
+
+
+def _has_ort_headers(path: Path) -> bool:
+    return (path / "onnxruntime_c_api.h").is_file()
+
+
+def find_ort_include(explicit: str | os.PathLike | None = None) -> Path | None:
+    """ONNX Runtime C API include dir: argument, $AUTR_ORT_INCLUDE, `ort_headers_cache_dir()` (filled by
+    `make ort-headers`), /usr/include/onnxruntime, /usr/local/include/onnxruntime. None when none has
+    onnxruntime_c_api.h; an explicit directory without it is a BuildError."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not _has_ort_headers(path):
+            raise BuildError(f"{path} does not contain onnxruntime_c_api.h (expected the ONNX Runtime include "
+                             "directory, e.g. /usr/include/onnxruntime)")
+        return path.resolve()
+    candidates: list[Path] = []
+    if os.environ.get(ORT_INCLUDE_ENV):
+        candidates.append(Path(os.environ[ORT_INCLUDE_ENV]).expanduser())
+    candidates += [ort_headers_cache_dir(), Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime")]
+    for path in candidates:
+        if _has_ort_headers(path):
+            return path.resolve()
+    return None
+
+
+def ort_api_version(include_dir: str | os.PathLike) -> int:
+    """ORT_API_VERSION declared by include_dir/onnxruntime_c_api.h (21 for ONNX Runtime 1.21)."""
+    text = (Path(include_dir) / "onnxruntime_c_api.h").read_text(errors="replace")
+    match = re.search(r"^\s*#\s*define\s+ORT_API_VERSION\s+(\d+)", text, flags=re.M)
+    if not match:
+        raise BuildError(f"cannot read ORT_API_VERSION from {include_dir}/onnxruntime_c_api.h")
+    return int(match.group(1))
+
+
+def find_cxx(cxx: str | os.PathLike | None = None) -> str:
+    """Locate a C++17 compiler: argument, $CXX, g++, c++, clang++."""
+    names = [str(cxx)] if cxx else ([os.environ["CXX"]] if os.environ.get("CXX") else []) + ["g++", "c++", "clang++"]
+    for name in names:
+        path = Path(name)
+        if os.sep in name and path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        found = shutil.which(name)
+        if found:
+            return found
+        if cxx:
+            raise BuildError(f"C++ compiler not found at {cxx}")
+    raise BuildError("no C++ compiler found (g++, c++, clang++): install one (apt-get install g++) or set CXX")
+
+
+def cxx_version(cxx: str) -> str:
+    """First line of `cxx --version` ('' when it cannot be read)."""
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return out.splitlines()[0].strip() if out else ""
+
+
+def _ort_library_candidates(cuda: bool) -> list[Path]:
+    name = ORT_CUDA_LIBRARY_NAME if cuda else ORT_LIBRARY_NAME
+    return [PACKAGE_DIR / "lib" / name, default_build_dir() / name]
+
+
+def ort_library_path(cuda: bool = False) -> Path:
+    """Path of the built ONNX Runtime custom-op library (`cuda=True`: the CUDA-enabled sibling);
+    `$AUTR_ORT_OPS` overrides both. Raises PluginLibraryNotFound with a one-line reason."""
+    env = os.environ.get(ORT_OPS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if path.is_file():
+            return path.resolve()
+        raise PluginLibraryNotFound(f"${ORT_OPS_ENV}={env} does not exist; unset it or {ORT_BUILD_HINT}")
+    candidates = _ort_library_candidates(cuda)
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    searched = ", ".join(str(p) for p in candidates)
+    if cuda:
+        raise PluginLibraryNotFound(f"{ORT_CUDA_LIBRARY_NAME} not found (searched {searched}); `python -m autr.plugins "
+                                    "build --ort` builds it where nvcc is present")
+    raise PluginLibraryNotFound(f"{ORT_LIBRARY_NAME} not found (searched {searched}); {ORT_BUILD_HINT}")
+
+
+def ort_library_hash(path: str | os.PathLike | None = None) -> str:
+    """sha256 (hex) of the ONNX Runtime custom-op library (default: `ort_library_path()`)."""
+    return library_hash(path if path is not None else ort_library_path())
+
+
+def _ort_cxx_flags() -> list[str]:
+    # -ffp-contract=fast: multiply-adds become FMA in the AVX2 functions (ISO C++ mode would forbid it);
+    # -Wno-psabi: the 32-byte vector types never cross a function boundary (all inlined), the ABI note is moot.
+    return ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
+            "-ffp-contract=fast", "-Wall", "-Wextra", "-Wno-psabi", "-I", str(CSRC_DIR)]
+
+
+@dataclass
+class OrtBuildResult:
+    out_dir: Path
+    cxx: str
+    ort_include: Path
+    api_version: int
+    library: Path | None = None
+    cuda_library: Path | None = None
+    nvcc: str | None = None
+    archs: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"C++ compiler  : {self.cxx} ({cxx_version(self.cxx) or '?'})",
+                 f"ORT headers   : {self.ort_include} (C API {self.api_version}: runs on onnxruntime >= "
+                 f"1.{self.api_version})"]
+        if self.library:
+            lines.append(f"ORT library   : {self.library}")
+            lines.append(f"sha256        : {library_hash(self.library)}")
+        if self.cuda_library:
+            found = ", ".join(sorted(fatbin_archs(self.cuda_library)))
+            lines.append(f"ORT CUDA lib  : {self.cuda_library} [{found}]")
+            lines.append(f"sha256        : {library_hash(self.cuda_library)}")
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def build_ort_ops(
+    ort_include: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    cxx: str | None = None,
+    cuda: bool | None = None,
+    archs: str | Iterable[str] | None = None,
+    nvcc: str | None = None,
+    verbose: bool = False,
+) -> OrtBuildResult:
+    """Build libautr_ort_ops.so (CPU kernel, C++ compiler only) and, with `cuda` (None: when nvcc is found),
+    libautr_ort_ops_cuda.so (CPU + CUDA kernels, nvcc). Raises BuildError with what to do."""
+    include = find_ort_include(ort_include)
+    if include is None:
+        raise BuildError(
+            "ONNX Runtime C API headers not found (onnxruntime_c_api.h): run `make ort-headers` (unpacks Debian's "
+            f"libonnxruntime-dev into {ort_headers_cache_dir()}), or pass --ort-include DIR / set ${ORT_INCLUDE_ENV}")
+    compiler = find_cxx(cxx)
+    out = Path(out_dir) if out_dir is not None else default_build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    result = OrtBuildResult(out_dir=out, cxx=compiler, ort_include=include, api_version=ort_api_version(include))
+    nvcc_path = None
+    if cuda or cuda is None:
+        try:
+            nvcc_path = find_nvcc(nvcc)
+        except BuildError as exc:
+            if cuda:
+                raise
+            result.notes.append(f"nvcc not found: {ORT_CUDA_LIBRARY_NAME} (CUDA execution provider) not built ({exc})")
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp_dir = Path(tmp)
+        link_flags = ["-Wl,--no-undefined", f"-Wl,--version-script={ORT_EXPORTS_MAP}"]
+        cpu_obj = tmp_dir / "ms_deform_attn_cpu.o"
+        _run([compiler, *_ort_cxx_flags(), "-c", CPU_KERNEL_SOURCE, "-o", cpu_obj], verbose)
+        ops_obj = tmp_dir / "autr_ort_ops.o"
+        _run([compiler, *_ort_cxx_flags(), "-isystem", include, "-c", ORT_SOURCE, "-o", ops_obj], verbose)
+        tmp_lib = tmp_dir / ORT_LIBRARY_NAME
+        _run([compiler, "-shared", "-o", tmp_lib, ops_obj, cpu_obj, *link_flags], verbose)
+        result.library = out / ORT_LIBRARY_NAME
+        _atomic_move(tmp_lib, result.library)
+        if nvcc_path:
+            result.nvcc = nvcc_path
+            result.archs = parse_archs(archs)
+            kernel_obj = tmp_dir / KERNEL_OBJECT_NAME
+            _run(_kernel_command(nvcc_path, result.archs, kernel_obj), verbose)
+            cuda_ops_obj = tmp_dir / "autr_ort_ops_cuda.o"
+            _run([nvcc_path, *_common_nvcc_flags(), "-DAUTR_ORT_WITH_CUDA", "-isystem", include,
+                  "-Xcompiler", "-Wall", "-c", ORT_SOURCE, "-o", cuda_ops_obj], verbose)
+            tmp_cuda_lib = tmp_dir / ORT_CUDA_LIBRARY_NAME
+            _run([nvcc_path, "-shared", "-o", tmp_cuda_lib, cuda_ops_obj, cpu_obj, kernel_obj,
+                  "-Xlinker", "--no-undefined", "-Xlinker", f"--version-script={ORT_EXPORTS_MAP}",
+                  "-Xlinker", "--exclude-libs,ALL"], verbose)
+            result.cuda_library = out / ORT_CUDA_LIBRARY_NAME
+            _atomic_move(tmp_cuda_lib, result.cuda_library)
     return result
 
 
