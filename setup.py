@@ -34,7 +34,8 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"autr": ["assets/*"], "autr.plugins": ["csrc/*", "csrc/emulation/*", "trt/*", "CMakeLists.txt", "README.md"]},
+    package_data={"autr": ["assets/*"], "autr.plugins": ["csrc/*", "csrc/emulation/*", "trt/*", "ort/*", "CMakeLists.txt",
+                                                          "README.md"]},
     install_requires=[
         "numpy>=1.24",
         "click>=8.1",
@@ -49,9 +50,12 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ninja>=1.11", "onnxruntime-extensions>=0.15"],
         "export": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"],
-        "runtime": ["av>=12", "opencv-python-headless>=4.8", "sounddevice>=0.4.6", "onnxruntime>=1.17"],
+        "runtime": ["av>=12", "opencv-python-headless>=4.8", "sounddevice>=0.4.6", "onnxruntime>=1.17",
+                    "threadpoolctl>=3.1"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10", "pycuda>=2024.1"],
+        # OpenVINO peer row of `autr bench model` (autr.benchmarks.openvino_runner); the version it was checked with
+        "openvino": ["openvino==2026.4.1"],
     },
     entry_points={"console_scripts": ["autr=autr.cli:main"]},
 )

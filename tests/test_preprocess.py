@@ -221,6 +221,140 @@ def test_uint8_is_centred():
 
 
 # --------------------------------------------------------------------------------------------
+# Log-mel: the sparse filterbank, batch independence, LogMelStream
+# --------------------------------------------------------------------------------------------
+
+
+def dense_log_mel(x):
+    """The straightforward log-mel (the former implementation): a dense filterbank product."""
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(x, np.float64), 400)[::160]
+    return np.log(np.abs(np.fft.rfft(frames * P.periodic_hann(400), 512)) @ P.MEL_MATRIX + 0.01)
+
+
+def test_sparse_filterbank_is_the_mel_matrix():
+    lo, hi, taps, weights = P._sparse_filterbank(P.MEL_MATRIX)
+    dense = np.zeros_like(P.MEL_MATRIX)
+    for j in range(taps.shape[0]):
+        np.add.at(dense, (lo + taps[j], np.arange(64)), weights[j])
+    assert np.array_equal(dense, P.MEL_MATRIX)
+    assert (lo, hi) == (5, 240) and taps.shape == (17, 64)
+
+
+@pytest.mark.parametrize("kind", ["noise", "loud", "tone_and_hiss", "silence"])
+def test_log_mel_equals_dense_product(kind):
+    rng = np.random.default_rng(11)
+    n = 3 * 16000
+    x = {"noise": rng.standard_normal(n) * 0.1, "loud": np.clip(rng.standard_normal(n), -1, 1),
+         "tone_and_hiss": tone(150.0, 3.0, amplitude=1.0) + 1e-6 * rng.standard_normal(n),
+         "silence": np.zeros(n)}[kind]
+    np.testing.assert_allclose(P.log_mel_spectrogram(x), dense_log_mel(x), rtol=1e-12, atol=1e-12)
+    window = x[-P.LIVE_WINDOW_SAMPLES:]
+    np.testing.assert_allclose(P.log_mel_window(window)[0], dense_log_mel(window).astype(np.float32),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_log_mel_rows_do_not_depend_on_how_many_are_computed():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(8 * 16000) * 0.1
+    frames = P._stft_frames(x)
+    full = P._log_mel_frames(frames)
+    assert full.shape == (frames.shape[0], 64) and frames.shape[0] > P._LOG_MEL_BLOCK
+    for n in [*range(1, 13), 95, 96, 97, P._LOG_MEL_BLOCK + 1]:
+        for start in (0, 3, 100):
+            assert np.array_equal(P._log_mel_frames(frames[start:start + n]), full[start:start + n]), (n, start)
+    picked = [5, 6, 40, 41, 300]
+    assert np.array_equal(P._log_mel_frames(np.ascontiguousarray(frames[picked])), full[picked])
+
+
+def stream_windows(signal, fps, count, first_end=P.LIVE_WINDOW_SAMPLES):
+    ends = [first_end + int(round(i * P.SAMPLE_RATE / fps)) for i in range(count)]
+    return [signal[max(0, e - P.LIVE_WINDOW_SAMPLES):e] for e in ends]
+
+
+@pytest.mark.parametrize("fps, hops", [(25.0, 4), (10.0, 10), (100.0, 1)])
+def test_stream_reuses_frames_when_hops_align(fps, hops):
+    rng = np.random.default_rng(13)
+    signal = (rng.standard_normal(5 * 16000) * 0.1).astype(np.float32)
+    stream = P.LogMelStream()
+    windows = stream_windows(signal, fps, 40)
+    for w in windows:
+        out = stream(w)
+        assert out.shape == (1, 96, 64) and out.dtype == np.float32
+        assert np.array_equal(out, P.log_mel_window(w))
+    assert stream.frames_computed == 96 + hops * (len(windows) - 1)
+    assert stream.frames_reused == (96 - hops) * (len(windows) - 1)
+
+
+@pytest.mark.parametrize("fps", [15.0, 30.0])
+def test_stream_at_unaligned_rates_computes_everything(fps):
+    rng = np.random.default_rng(14)
+    signal = (rng.standard_normal(4 * 16000) * 0.1).astype(np.float32)
+    stream = P.LogMelStream()
+    windows = stream_windows(signal, fps, 30)
+    for w in windows:
+        assert np.array_equal(stream(w), P.log_mel_window(w))
+    assert stream.frames_reused == 0 and stream.frames_computed == 96 * len(windows)
+
+
+def test_stream_recomputes_frames_whose_samples_changed():
+    # A resampled ring recomputes its newest samples once more input arrives: the previous window's tail
+    # differs from the same samples in the next window. Only frames that read them may be recomputed.
+    rng = np.random.default_rng(15)
+    signal = rng.standard_normal(4 * 16000) * 0.1
+    stream = P.LogMelStream()
+    provisional = 250  # samples at the end of each window that are not final yet
+    for i in range(20):
+        end = P.LIVE_WINDOW_SAMPLES + 640 * i
+        w = signal[end - P.LIVE_WINDOW_SAMPLES:end].copy()
+        w[-provisional:] += rng.standard_normal(provisional) * 0.01
+        before = stream.frames_computed
+        assert np.array_equal(stream(w), P.log_mel_window(w))
+        if i:
+            # new: the last 4 frames; recomputed: the frames reading the previous window's provisional tail
+            # (samples 15350.. of the previous window = 14710.. of this one: frames 89..95 minus the 4 new)
+            touched = {f for f in range(96) if 160 * f + 400 > P.LIVE_WINDOW_SAMPLES - 640 - provisional}
+            assert stream.frames_computed - before == len(touched | set(range(92, 96)))
+
+
+def test_stream_start_silence_repeats_and_jumps():
+    rng = np.random.default_rng(16)
+    signal = (rng.standard_normal(3 * 16000) * 0.1).astype(np.float32)
+    stream = P.LogMelStream()
+    # a stream that has just started: short windows, zero-padded on the left
+    for end in (0, 640, 1280, 8000, 15360, 16000):
+        w = signal[max(0, end - P.LIVE_WINDOW_SAMPLES):end]
+        assert np.array_equal(stream(w), P.log_mel_window(w))
+    # the same window twice: everything reused
+    w = signal[20000:20000 + P.LIVE_WINDOW_SAMPLES]
+    stream(w)
+    reused = stream.frames_reused
+    assert np.array_equal(stream(w), P.log_mel_window(w))
+    assert stream.frames_reused == reused + 96
+    # a jump to unrelated audio: nothing reused, still exact
+    other = (rng.standard_normal(P.LIVE_WINDOW_SAMPLES) * 0.1).astype(np.float32)
+    computed = stream.frames_computed
+    assert np.array_equal(stream(other), P.log_mel_window(other))
+    assert stream.frames_computed == computed + 96
+    # silence: every shift matches sample for sample, and every reuse is exact
+    for _ in range(3):
+        assert np.array_equal(stream(np.zeros(P.LIVE_WINDOW_SAMPLES)), P.log_mel_window(np.zeros(0)))
+    stream.reset()
+    assert stream.frames_computed == stream.frames_reused == 0
+
+
+def test_stream_accepts_what_log_mel_window_accepts():
+    rng = np.random.default_rng(17)
+    pcm = rng.integers(-32768, 32767, size=(20000, 2), dtype=np.int16)
+    stream = P.LogMelStream()
+    for end in (16000, 16640, 17280):
+        w = pcm[end - P.LIVE_WINDOW_SAMPLES:end]
+        assert np.array_equal(stream(w), P.log_mel_window(w))
+    assert stream.frames_reused > 0
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        stream(np.full(15600, np.nan))
+
+
+# --------------------------------------------------------------------------------------------
 # Resampling
 # --------------------------------------------------------------------------------------------
 
@@ -406,6 +540,128 @@ def test_constants_are_read_only():
         P.IMAGENET_MEAN[0] = 0.0
 
 
+def straightforward_resize(img, out_h, out_w):
+    """Bilinear resize computed plainly in float64 from the PyTorch taps: out = sum of the four corners, each
+    weighted by its row and column weight (no fusion, no buffers)."""
+    x = np.asarray(img, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    r0, r1, wr0, wr1 = P._linear_taps(x.shape[0], out_h)
+    c0, c1, wc0, wc1 = P._linear_taps(x.shape[1], out_w)
+    wr0, wr1, wc0, wc1 = (np.asarray(a, np.float64) for a in (wr0, wr1, wc0, wc1))
+    out = np.zeros((out_h, out_w, x.shape[2]))
+    for rows, wr in ((r0, wr0), (r1, wr1)):
+        for cols, wc in ((c0, wc0), (c1, wc1)):
+            out += x[np.ix_(rows, cols)] * (wr[:, None] * wc[None, :])[:, :, None]
+    return out
+
+
+def straightforward_preprocess(frame, out_h, out_w):
+    x = straightforward_resize(frame, out_h, out_w) / 255.0
+    x = (x - P.IMAGENET_MEAN.astype(np.float64)) / P.IMAGENET_STD.astype(np.float64)
+    return x.transpose(2, 0, 1)
+
+
+def assert_close_relative(fast, ref, rel=1e-5):
+    """Within ``rel`` of the reference, relative to its magnitude (values near zero: to its largest value)."""
+    assert fast.shape == ref.shape
+    np.testing.assert_allclose(fast, ref, rtol=rel, atol=rel * max(1.0, float(np.max(np.abs(ref)))))
+
+
+FAST_PATH_SIZES = [
+    ((480, 640), (224, 224)),  # camera -> default model size
+    ((480, 640), (128, 128)),
+    ((128, 128), (128, 128)),  # synthetic demo: no resize at all
+    ((37, 53), (64, 29)),  # odd sizes, up in one axis, down in the other
+    ((7, 5), (13, 17)),  # upscaling
+    ((1, 1), (3, 2)),
+    ((2, 3), (1, 1)),
+    ((50, 40), (50, 17)),  # rows unchanged
+    ((50, 40), (23, 40)),  # columns unchanged
+    ((256, 256), (128, 128)),  # exact factor 2
+    ((3, 1000), (224, 224)),
+]
+
+
+@pytest.mark.parametrize("in_hw, out_hw", FAST_PATH_SIZES)
+def test_preprocess_frame_equals_straightforward(in_hw, out_hw):
+    rng = np.random.default_rng(20)
+    frame = rng.integers(0, 256, size=(*in_hw, 3), dtype=np.uint8)
+    fast = P.preprocess_frame(frame, out_hw)
+    assert fast.dtype == np.float32 and fast.flags.c_contiguous and fast.shape == (3, *out_hw)
+    assert_close_relative(fast, straightforward_preprocess(frame, *out_hw))
+
+
+@pytest.mark.parametrize("in_hw, out_hw", FAST_PATH_SIZES[3:])
+@pytest.mark.parametrize("dtype, channels", [(np.float64, 3), (np.float32, None), (np.int16, 1), (np.uint8, 4)])
+def test_resize_bilinear_equals_straightforward(in_hw, out_hw, dtype, channels):
+    rng = np.random.default_rng(21)
+    shape = in_hw if channels is None else (*in_hw, channels)
+    img = (rng.random(shape) * 200 - (50 if dtype == np.int16 else 0)).astype(dtype)
+    fast = P.resize_bilinear(img, out_hw)
+    ref = straightforward_resize(img, *out_hw)
+    assert fast.dtype == np.float32 and fast.flags.c_contiguous
+    assert_close_relative(fast, ref[..., 0] if channels is None else ref)
+
+
+def test_preprocess_frame_of_views_and_identity_size():
+    rng = np.random.default_rng(22)
+    big = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    view = big[10:170:2, ::3]  # not contiguous
+    assert_close_relative(P.preprocess_frame(view, 48), straightforward_preprocess(np.ascontiguousarray(view), 48, 48))
+    fortran = np.asfortranarray(big[:64, :64])
+    assert_close_relative(P.preprocess_frame(fortran, 64), straightforward_preprocess(big[:64, :64], 64, 64))
+    # same size in and out: just the normalisation, per pixel
+    x = P.preprocess_frame(big[:64, :64], 64)
+    expected = (big[:64, :64].astype(np.float64) / 255.0 - P.IMAGENET_MEAN) / P.IMAGENET_STD
+    np.testing.assert_allclose(x, expected.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_preprocess_frame_writes_into_out():
+    rng = np.random.default_rng(23)
+    frame = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    batch = np.full((2, 3, 24, 32), np.nan, dtype=np.float32)
+    got = P.preprocess_frame(frame, (24, 32), out=batch[1])
+    assert np.shares_memory(got, batch) and np.array_equal(batch[1], P.preprocess_frame(frame, (24, 32)))
+    assert np.isnan(batch[0]).all()
+    for bad in (np.empty((3, 24, 31), np.float32), np.empty((3, 24, 32), np.float64),
+                np.empty((3, 32, 24), np.float32).transpose(0, 2, 1), np.empty((3, 24, 32), np.float32).tolist()):
+        with pytest.raises(ValueError, match="out must be"):
+            P.preprocess_frame(frame, (24, 32), out=bad)
+
+
+def test_reused_buffers_do_not_leak_between_calls_or_threads():
+    import concurrent.futures
+
+    rng = np.random.default_rng(24)
+    frames = [rng.integers(0, 256, size=hw + (3,), dtype=np.uint8) for hw in [(48, 64), (48, 64), (30, 20)] * 3]
+    sizes = [16, 16, (9, 7)] * 3
+    serial = [straightforward_preprocess(f, *P._parse_size(s)) for f, s in zip(frames, sizes)]
+    for f, s, ref in zip(frames, sizes, serial):  # alternating shapes reuse and evict per-thread buffers
+        assert_close_relative(P.preprocess_frame(f, s), ref)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda a: P.preprocess_frame(*a), zip(frames, sizes)))
+            for got, ref in zip(results, serial):
+                assert_close_relative(got, ref)
+            mels = list(pool.map(P.log_mel_window, [rng.standard_normal(15600) for _ in range(6)]))
+            assert all(m.shape == (1, 96, 64) for m in mels)
+
+
+def test_preprocess_bench_runs_and_agrees():
+    from autr.benchmarks import preprocess_bench as B
+
+    result = B.run(repeat=2)
+    assert len(result["rows"]) == 6 and result["threads"]
+    for row in result["rows"]:
+        assert row["before_ms"] > 0 and row["after_ms"] > 0 and row["ratio"] > 0
+        assert row["max_abs_diff"] < 1e-4, row
+        assert row.get("equals_log_mel_window", True) is True
+    assert "ratio" in B.format_table(result, "test")
+    frame = np.random.default_rng(25).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    assert_close_relative(B.baseline_preprocess_frame(frame, 32), straightforward_preprocess(frame, 32, 32))
+
+
 # --------------------------------------------------------------------------------------------
 # Import hygiene
 # --------------------------------------------------------------------------------------------
@@ -422,3 +678,44 @@ def test_import_does_not_pull_in_torch():
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO_ROOT), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_preprocessing_wakes_no_blas_thread():
+    """Neither the frame path nor the log-mel runs a BLAS product: numpy's OpenBLAS workers (idle threads of the
+    process) get no CPU time while they run. A matrix product, the control, does wake them."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads per-thread CPU time from /proc")
+    code = (
+        "import os, threading, numpy as np\n"
+        "import autr.preprocess as P\n"
+        "me = threading.get_native_id()\n"
+        "def others():\n"
+        "    total = 0\n"
+        "    for tid in os.listdir('/proc/self/task'):\n"
+        "        if int(tid) != me:\n"
+        "            with open(f'/proc/self/task/{tid}/stat') as f:\n"
+        "                fields = f.read().rsplit(')', 1)[1].split()\n"
+        "            total += int(fields[11]) + int(fields[12])\n"
+        "    return total\n"
+        "rng = np.random.default_rng(0)\n"
+        "w = rng.standard_normal(15600) * 0.1\n"
+        "frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)\n"
+        "a = rng.standard_normal((400, 400))\n"
+        "t0 = others()\n"
+        "for _ in range(300):\n"
+        "    P.log_mel_window(w); P.preprocess_frame(frame, 224); P.preprocess_frame(frame, 128)\n"
+        "ours = others() - t0\n"
+        "t0 = others()\n"  # the control last: woken workers keep spinning for a while after a product
+        "for _ in range(150):\n"
+        "    a @ a\n"
+        "print(others() - t0, ours)\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO_ROOT), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    control, ours = (int(v) for v in result.stdout.split())
+    if control == 0:
+        pytest.skip("numpy's BLAS runs no worker threads here (one core, or a single-threaded BLAS)")
+    assert ours == 0
