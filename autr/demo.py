@@ -56,6 +56,9 @@ def run_demo(checkpoint="default", out="autr-demo", seconds: float = 10.0, fps: 
     out.mkdir(parents=True, exist_ok=True)
     model_dir = export_for_demo(checkpoint, out, log=log)
     backend = open_backend("ort", model_dir, provider="cpu", threads=plan.intra_op, spinning=plan.spinning)
+    for notice in backend.notices:
+        if log:
+            log(notice)
     try:
         source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True)
         source.start()
@@ -86,8 +89,10 @@ def summarize(report: dict) -> str:
     th = report.get("threads") or {}
     if th.get("backend"):
         b = th["backend"]
-        lines.append(f"threads: inference {b['intra_op']} (spinning {'on' if b['spinning'] else 'off'}), "
-                     f"BLAS {th['blas']}, encoder {th['encoder']}, on {th['cores']} cores")
+        graph = report["backend"].get("graph")
+        lines.append(f"ONNX Runtime, {graph} graph ({report['backend'].get('msda')} MSDA); threads: inference "
+                     f"{b['intra_op']} (spinning {'on' if b['spinning'] else 'off'}), BLAS {th['blas']}, "
+                     f"OpenCV {th['opencv']}, encoder {th['encoder']}, on {th['cores']} cores")
     gt = report.get("synthetic_gt")
     if gt:
         lines.append(f"mean IoU with the sounding object: {gt['mean_iou']:.3f} over {gt['frames_with_sound']} "

@@ -86,8 +86,9 @@ def bench():
 @click.option("--preset", help="An untrained preset instead (tiny, small, paper-r50, paper-pvt).")
 @click.option("--onnx", type=click.Path(), help="Export directory for the ort rows (default: export into the cache).")
 @click.option("--engine", "engines", multiple=True, type=click.Path(), help="TensorRT engine(s) for the trt rows.")
-@click.option("--backend", "backends", default="torch,ort", show_default=True, help="Comma list of torch, ort, trt.")
-@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16.")
+@click.option("--backend", "backends", default="torch,ort", show_default=True,
+              help="Comma list of torch, ort, openvino (the optional extra), trt.")
+@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, int8 (int8: the static Q/DQ graphs of `autr export onnx --int8`).")
 @click.option("--frames", default="1,5", show_default=True, help="Comma list of T (frames per call).")
 @click.option("--size", type=int, help="Input size H = W (default: the model's / the export's).")
 @click.option("--warmup", default=2, show_default=True, help="Untimed calls per row.")
@@ -136,8 +137,8 @@ def model_cmd(ctx, checkpoint, preset, onnx, engines, backends, precisions, fram
 @click.option("--size", default=224, show_default=True, help="Input size the model sizes are derived at.")
 @click.option("--frames", default=5, show_default=True, help="T: the batch N of the model's MSDA calls.")
 @click.option("--cases", default="model,detr", show_default=True, help="model (the presets' sizes), detr, or both.")
-@click.option("--impl", "impls", default="reference,cuda,trt", show_default=True,
-              help="Comma list of reference, cuda, trt.")
+@click.option("--impl", "impls", default="reference,ort,cuda,trt", show_default=True,
+              help="Comma list of reference, ort (the ONNX Runtime custom-op library), cuda, trt.")
 @click.option("--dtype", "dtypes", default="fp32,fp16", show_default=True, help="Comma list of fp32, fp16, fp64.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--warmup", default=3, show_default=True)

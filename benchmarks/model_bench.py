@@ -36,8 +36,9 @@ from .core import BenchError
 __all__ = ["BACKENDS", "PRECISIONS", "TorchRunner", "cached_export",
            "resolve_model_source", "run_model_bench", "format_model", "validate_model_args", "default_cache_dir"]
 
-BACKENDS = ("torch", "ort", "trt")
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("torch", "ort", "openvino", "trt")
+PRECISIONS = ("fp32", "fp16", "int8")
+ORT_GRAPHS = ("portable", "fused")  # the portable graph (GridSample MSDA) and the plugin graph + custom-op library
 
 
 def default_cache_dir() -> Path:
@@ -113,9 +114,10 @@ def resolve_model_source(checkpoint=None, preset=None, onnx=None, seed: int = 0)
         raise BenchError(str(exc)) from None
 
 
-def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=None, source=None) -> Path:
-    """An export of `model` at `size` whose T range reaches `t_max` (and float16 graphs if `fp16`), made once
-    into `cache_dir/<preset>-<size>-<weights digest>` and reused while it fits.
+def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=None, source=None,
+                  int8: bool = False) -> Path:
+    """An export of `model` at `size` whose T range reaches `t_max` (and float16 / int8 graphs if `fp16` /
+    `int8`), made once into `cache_dir/<preset>-<size>-<weights digest>` and reused while it fits.
 
     `source` (resolve_model_source's record) makes the export from the same checkpoint / preset, so its sidecar
     names where the weights came from (and `--onnx DIR` can rebuild the PyTorch model from it); without one
@@ -126,19 +128,21 @@ def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=
     digest = weights_digest(model)
     target = Path(cache_dir or default_cache_dir()) / f"{model.cfg.name}-{size}-{digest[:12]}"
     side = target / SIDECAR_FILE
-    have_t, have_fp16 = 0, False
+    have_t, have_fp16, have_int8 = 0, False, False
     if side.is_file():
         try:
             data = json.loads(side.read_text())
             if data.get("weights_sha256") == digest and list(data.get("input_size", [])) == [size, size]:
                 have_t = int(data["frames"]["max"])
                 have_fp16 = "portable_fp16" in data.get("graphs", {})
+                have_int8 = "portable_int8" in data.get("graphs", {})
         except (OSError, ValueError, KeyError, TypeError):
             have_t = 0
-    if have_t >= t_max and (have_fp16 or not fp16):
+    if have_t >= t_max and (have_fp16 or not fp16) and (have_int8 or not int8):
         return target
-    t_new, fp16_new = max(t_max, have_t), fp16 or have_fp16
-    say(f"exporting {model.cfg.name} at {size}x{size} (T 1..{t_new}{', fp16' if fp16_new else ''}) into {target}")
+    t_new, fp16_new, int8_new = max(t_max, have_t), fp16 or have_fp16, int8 or have_int8
+    extra = "".join(x for x, on in ((", fp16", fp16_new), (", int8", int8_new)) if on)
+    say(f"exporting {model.cfg.name} at {size}x{size} (T 1..{t_new}{extra}) into {target}")
     src = source or {}
     if src.get("source") == "preset":
         how = {"preset": src["preset"], "seed": src.get("seed", 0)}
@@ -146,7 +150,7 @@ def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=
         how = {"checkpoint": "default" if src["source"] == "default" else src["path"]}
     else:
         how = {"model": model}
-    sidecar = export_onnx(target, **how, size=size, frames=t_new, fp16=fp16_new, check=False)
+    sidecar = export_onnx(target, **how, size=size, frames=t_new, fp16=fp16_new, int8=int8_new, check=False)
     if sidecar.get("weights_sha256") != digest:
         raise BenchError(f"the export in {target} does not have the benchmarked model's weights")
     return target
@@ -469,16 +473,13 @@ def _ort_split(backend, frames, log_mel, warmup: int, iters: int):
     return splits
 
 
-def ort_row(export_dir: Path, sidecar: dict, precision: str, t: int, provider: str, plan, warmup, iters) -> dict:
+def ort_row(export_dir: Path, sidecar: dict, precision: str, graph: str, t: int, provider: str, plan, warmup,
+            iters) -> dict:
     from autr.export.verify import random_clip
 
     from .core import PeakRss
 
-    kind = "portable_fp16" if precision == "fp16" else "portable"
-    row = _row("ort", precision, t, f"provider={provider}")
-    graphs = sidecar.get("graphs", {})
-    if kind not in graphs:
-        return _skip(row, f"the export {export_dir} has no {kind} graph (export it with --fp16)")
+    row = _row("ort", precision, t, f"{graph}, provider={provider}")
     t_lo, t_hi = int(sidecar["frames"]["min"]), int(sidecar["frames"]["max"])
     if not t_lo <= t <= t_hi:
         return _skip(row, f"the export takes T = {t_lo}..{t_hi}; re-export with --frames {t}")
@@ -489,22 +490,58 @@ def ort_row(export_dir: Path, sidecar: dict, precision: str, t: int, provider: s
         torch = _torch_if_cuda()
         with PeakRss() as mem, _GpuMem(torch if provider == "cuda" else None, own=False) as gmem:
             from autr.runtime import open_backend
-            from autr.runtime.errors import BackendUnavailable
+            from autr.runtime.errors import BackendError
 
             try:
-                backend = open_backend("ort", export_dir / graphs[kind]["file"], provider=provider,
-                                       threads=plan.intra_op, spinning=plan.spinning)
-            except BackendUnavailable as exc:
+                backend = open_backend("ort", export_dir, provider=provider, threads=plan.intra_op,
+                                       spinning=plan.spinning, graph=graph, precision=precision)
+            except BackendError as exc:  # BackendUnavailable too: no CUDA provider, no library, no such graph
                 return _skip(row, exc)
             samples, _ = _timed_calls(backend, frames, log_mel, warmup, iters)
             splits = _ort_split(backend, frames, log_mel, warmup, iters) if provider == "cuda" else []
-        row.update(device=backend.device, artifact=str(backend.artifact), threads=backend.threads)
+        row.update(device=backend.device, artifact=str(backend.artifact), threads=backend.threads,
+                   msda_library=backend.msda_library)
         return _finish_row(row, samples, splits, mem, gmem if provider == "cuda" else None)
     except Exception as exc:
         return _fail(row, exc)
     finally:
         if backend is not None:
             backend.close()
+
+
+def openvino_row(export_dir: Path, sidecar: dict, precision: str, t: int, plan, warmup, iters) -> dict:
+    """OpenVINO (the optional `openvino` extra) on the same portable graph: what a CPU deployer would pick
+    instead of ONNX Runtime. fp32 and int8 (OpenVINO runs the Q/DQ graph in low precision itself)."""
+    from autr.export.verify import random_clip
+
+    from .core import PeakRss
+    from .openvino_runner import OpenVinoRunner, why_unavailable
+
+    row = _row("openvino", precision, t, "portable, CPU")
+    missing = why_unavailable()
+    if missing:
+        return _skip(row, missing)
+    if precision == "fp16":
+        return _skip(row, "OpenVINO's CPU plugin has no float16 compute on this CPU (the f16 hint falls back to f32)")
+    kind = "portable_int8" if precision == "int8" else "portable"
+    if kind not in sidecar.get("graphs", {}):
+        return _skip(row, f"the export {export_dir} has no {kind} graph (export it with --int8)")
+    if not int(sidecar["frames"]["min"]) <= t <= int(sidecar["frames"]["max"]):
+        return _skip(row, f"the export takes T = {sidecar['frames']['min']}..{sidecar['frames']['max']}")
+    frames, log_mel = random_clip(t, int(sidecar["input_size"][0]), seed=t)
+    runner = None
+    try:
+        with PeakRss() as mem:
+            runner = OpenVinoRunner(export_dir / sidecar["graphs"][kind]["file"], threads=plan.intra_op,
+                                    precision="f32", frames=t)
+            samples, _ = _timed_calls(runner, frames, log_mel, warmup, iters)
+        row.update(device=runner.device, artifact=str(runner.artifact), threads=runner.threads, config=runner.config)
+        return _finish_row(row, samples, [], mem, None)
+    except Exception as exc:
+        return _fail(row, exc)
+    finally:
+        if runner is not None:
+            runner.close()
 
 
 def _torch_if_cuda():
@@ -597,7 +634,10 @@ def trt_rows(engines, precisions, frames, warmup, iters, export_dir=None, log=No
     for p in precisions:
         chosen = by_precision.get(p) or by_precision.get(None)
         reason = None
-        if not engines:
+        if p == "int8":
+            reason = ("`autr export trt` builds fp32 / fp16 engines; an int8 engine is TensorRT's own build of "
+                      "model.plugin.int8.onnx (explicit Q/DQ), e.g. trtexec --onnx=model.plugin.int8.onnx --stronglyTyped")
+        elif not engines:
             if export_dir is None:
                 reason = "no --engine given and no export to build one from"
             else:
@@ -684,9 +724,11 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
         say(n)
 
     export_dir = Path(onnx) if onnx is not None else None
-    need_export = "ort" in backends or ("trt" in backends and not engines and trt_available() is None)
+    need_export = "ort" in backends or "openvino" in backends or \
+        ("trt" in backends and not engines and trt_available() is None)
     if need_export and export_dir is None:
-        export_dir = cached_export(model, size, max(frames), "fp16" in precisions, cache_dir, log=say, source=source)
+        export_dir = cached_export(model, size, max(frames), "fp16" in precisions, cache_dir, log=say, source=source,
+                                   int8="int8" in precisions and ("ort" in backends or "openvino" in backends))
     if export_dir is not None and sidecar is None:
         sidecar = read_export(export_dir)[1]
     if provider == "auto" and "ort" in backends:
@@ -714,9 +756,17 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
                 rows.append(torch_row(model, device, precision, msda, graphs, t, size, warmup, iters))
     if "ort" in backends:
         for precision in precisions:
+            for graph in ORT_GRAPHS:
+                for t in frames:
+                    say(f"ort {precision} {graph} T={t}")
+                    rows.append(ort_row(export_dir, sidecar, precision, graph, t, provider, plan, warmup, iters))
+    if "openvino" in backends:
+        for precision in precisions:
             for t in frames:
-                say(f"ort {precision} T={t}")
-                rows.append(ort_row(export_dir, sidecar, precision, t, provider, plan, warmup, iters))
+                say(f"openvino {precision} T={t}")
+                rows.append(openvino_row(export_dir, sidecar, precision, t, plan, warmup, iters) if device == "cpu"
+                            else _skip(_row("openvino", precision, t, "portable, CPU"),
+                                       "OpenVINO rows belong to a CPU run (--device cpu)"))
     if "trt" in backends:
         say("trt")
         rows += trt_rows(list(engines), precisions, frames, warmup, iters, export_dir, log=say)

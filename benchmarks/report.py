@@ -71,7 +71,8 @@ def markdown_msda(result: dict) -> str:
             continue
         lines.append("| " + " | ".join([r["case"], r["impl"], r["dtype"], _f(r["latency_ms"]["p50"], ".3f"),
                                          _f(r.get("bandwidth_gbs"), ".2f"), _f(r["bytes"] / 1e6, ".2f"),
-                                         _f(r.get("speedup_vs_reference"), ".2f") + "x",
+                                         _f(r.get("speedup_vs_reference"), ".2f", "–") +
+                                         ("x" if r.get("speedup_vs_reference") else ""),
                                          _f(r.get("rel_error_vs_fp64"), ".1e")]) + " |")
     bad = [r for r in result["rows"] if r["status"] != "ok"]
     for r, cases in collapse(bad, lambda r: (r["impl"], r["dtype"]), lambda r: r["case"]):

@@ -57,6 +57,12 @@ def _summary(rep: dict) -> str:
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, auto) / TensorRT GPU index.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="ONNX Runtime: which graphs of the export directory (fp16 / int8 need `autr export onnx --fp16 / "
+                   "--int8`).")
+@click.option("--graph", type=click.Choice(["auto", "fused", "portable"]), default="auto", show_default=True,
+              help="ONNX Runtime: fused = the plugin graph with the MSDA custom-op library, portable = standard ops; "
+                   "auto = fused where the library is built.")
 @click.option("--threads", type=int, help="Inference threads (ONNX Runtime / torch); default: the thread plan's "
               "(one per available core, idle workers sleep; see runtime/README.md).")
 @click.option("--queue", "queue_size", default=1, show_default=True, help="Capacity of each stage queue.")
@@ -65,8 +71,8 @@ def _summary(rep: dict) -> str:
 @click.option("--threshold", default=0.0, show_default=True, help="Mask logit threshold.")
 @click.option("--list-devices", is_flag=True, help="List the audio input devices and exit.")
 def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, report_path, masks_dir, no_display,
-           duration, realtime, silent_audio, window, provider, device, threads, queue_size, fps, seed, threshold,
-           list_devices):
+           duration, realtime, silent_audio, window, provider, device, precision, graph, threads, queue_size, fps, seed,
+           threshold, list_devices):
     """Segment the sounding object live and measure latency.
 
     \b
@@ -122,8 +128,13 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
         previous = None
     try:
         try:
+            if kind != "ort" and (precision != "fp32" or graph != "auto"):
+                raise StreamError("--precision and --graph choose among an ONNX export's graphs (--onnx DIR); an engine "
+                                  "or a checkpoint has its own precision")
             backend = open_backend(kind, artifact, provider=provider, device=device, threads=plan.intra_op,
-                                   spinning=plan.spinning)
+                                   spinning=plan.spinning, precision=precision, graph=graph)
+            for notice in getattr(backend, "notices", ()):
+                _note(notice)
             if synthetic:
                 source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True, audio=not silent_audio,
                                          queue_size=queue_size)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autr.preprocess import LIVE_WINDOW_SAMPLES, log_mel_window, preprocess_frame
+from autr.preprocess import LIVE_WINDOW_SAMPLES, LogMelStream, log_mel_window, preprocess_frame
 from .errors import StreamError, one_line
 from .frames import Packet
 from .queues import BoundedQueue, Closed
@@ -99,6 +99,7 @@ class StreamRunner:
         self._stopped_by: str | None = None
         self._threads: list = []
         self._silence_mel = None
+        self._log_mel = LogMelStream()  # the assembler's: reuses the STFT frames consecutive windows share
         # counters
         self.frames_in = 0
         self.frames_out = 0
@@ -166,7 +167,7 @@ class StreamRunner:
             self.audio_late += 1
             packet.audio_late = True
             t_audio = end
-        return log_mel_window(ring.window_ending_at(t_audio))
+        return self._log_mel(ring.window_ending_at(t_audio))
 
     def _assemble(self) -> None:
         size = self.backend.input_size

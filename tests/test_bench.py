@@ -73,7 +73,17 @@ def test_bench_model_baseline_first_and_ratios(model_run):
         [("torch", "fp32", "eager, msda=reference", 1), ("torch", "fp32", "eager, msda=reference", 2)]
     assert all(r["baseline"] and r["status"] == "ok" and r["speedup_vs_baseline"] == 1.0 for r in rows[:2])
     ort = [r for r in rows if r["backend"] == "ort"]
-    assert [r["frames"] for r in ort] == [1, 2] and all(r["status"] == "ok" for r in ort)
+    assert [(r["variant"].split(",")[0], r["frames"]) for r in ort] == \
+        [("portable", 1), ("portable", 2), ("fused", 1), ("fused", 2)]
+    assert all(r["status"] == "ok" for r in ort if r["variant"].startswith("portable"))
+    from autr.plugins import register_msda
+    import onnxruntime
+
+    library_reason = register_msda(onnxruntime.SessionOptions())
+    for r in ort:  # fused rows run where the custom-op library is built, else say why not
+        if r["variant"].startswith("fused"):
+            assert (r["status"] == "ok" and r["msda_library"]) if library_reason is None else \
+                (r["status"] == "skipped" and library_reason in r["reason"])
     for r in rows:
         if r["status"] != "ok":
             continue
@@ -123,7 +133,7 @@ def test_bench_model_reuses_the_export(model_run, cache):
     assert result.exit_code == 0, result.output
     res = json.loads((out / "onnx.json").read_text())
     assert res["model"]["source"]["source"] == "export" and res["export"]["dir"] == str(exports[0])
-    assert [r["backend"] for r in res["rows"]] == ["torch", "ort"]
+    assert [r["backend"] for r in res["rows"]] == ["torch", "ort", "ort"]  # portable and fused
     assert exports_in(cache) == exports  # nothing re-exported
 
 
@@ -131,7 +141,7 @@ def test_bench_model_reuses_the_export(model_run, cache):
     (["--backend", "torch,tensorflow"], "unknown backend 'tensorflow'"),
     (["--frames", "0"], "--frames must be >= 1"),
     (["--frames", "1,x"], "bad frame count"),
-    (["--precision", "int8"], "unknown precision"),
+    (["--precision", "int4"], "unknown precision"),
     (["--onnx", "/no/such/export"], "no such export directory"),
     (["--checkpoint", "/no/such.safetensors"], "no such file"),
     (["--size", "100"], "multiple of 32"),

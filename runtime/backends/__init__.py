@@ -36,7 +36,7 @@ def backend_kind_for(artifact) -> str:
 def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
     """Open a backend. ``kind`` None picks it from the artifact (:func:`backend_kind_for`).
 
-    Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``, ``spinning``; torch -- ``device``, ``threads``;
+    Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``, ``spinning``, ``graph``, ``precision``; torch -- ``device``, ``threads``;
     trt -- ``plugin_library``, ``device`` (index); fake -- ``input_size``, ``delay``, ``t_max``.
     """
     kind = kind or backend_kind_for(artifact)
@@ -44,7 +44,8 @@ def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
         from .ort import OrtBackend
 
         return OrtBackend(artifact, provider=options.get("provider", "cpu"), threads=options.get("threads"),
-                          spinning=options.get("spinning"))
+                          spinning=options.get("spinning"), graph=options.get("graph", "auto"),
+                          precision=options.get("precision", "fp32"))
     if kind == "torch":
         from .torch_backend import TorchBackend
 
