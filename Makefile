@@ -17,7 +17,7 @@ ORT_HEADERS := $(PLUGIN_DIR)/ort-include
 ORT_DEB_MIRROR ?= http://deb.debian.org/debian
 ORT_DEB_SUITE  ?= trixie
 ORT_OPS_LIB := $(PLUGIN_DIR)/libautr_ort_ops.so
-ORT_OPS_SRC := plugins/csrc/ms_deform_attn_cpu.h plugins/csrc/ms_deform_attn_cpu.cpp plugins/ort/autr_ort_ops.cpp plugins/ort/exports.map \
+ORT_OPS_SRC := plugins/csrc/ms_deform_attn_problem.h plugins/csrc/ms_deform_attn_cpu.h plugins/csrc/ms_deform_attn_cpu.cpp plugins/ort/autr_ort_ops.cpp plugins/ort/exports.map \
                plugins/csrc/ms_deform_attn.h plugins/csrc/ms_deform_attn.cuh plugins/csrc/ms_deform_attn.cu plugins/build.py
 
 .PHONY: install system test test-slow demo presets plugins ort-headers ort-ops bench gpu-check clean

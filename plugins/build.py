@@ -43,6 +43,7 @@ CSRC_DIR = PACKAGE_DIR / "csrc"
 TRT_DIR = PACKAGE_DIR / "trt"
 KERNEL_SOURCE = CSRC_DIR / "ms_deform_attn.cu"
 KERNEL_SOURCES = (
+    CSRC_DIR / "ms_deform_attn_problem.h",
     CSRC_DIR / "ms_deform_attn.h",
     CSRC_DIR / "ms_deform_attn.cuh",
     CSRC_DIR / "ms_deform_attn.cu",

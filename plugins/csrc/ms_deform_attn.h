@@ -19,6 +19,8 @@
 // tensors before calling). Every tensor must have fewer than 2^31 elements (checked here).
 #pragma once
 
+#include "ms_deform_attn_problem.h"
+
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
@@ -32,17 +34,6 @@ enum class DataType : int32_t
     kFloat32 = 0,
     kFloat16 = 1, // forward only
     kFloat64 = 2,
-};
-
-struct Problem
-{
-    int64_t N{0};  // batch
-    int64_t S{0};  // flattened spatial size of all levels
-    int64_t M{0};  // heads
-    int64_t D{0};  // channels per head
-    int64_t L{0};  // levels
-    int64_t P{0};  // points per level
-    int64_t Lq{0}; // queries
 };
 
 // Returns cudaErrorInvalidValue for inconsistent/oversized problems, otherwise the launch status.

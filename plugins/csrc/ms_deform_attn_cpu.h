@@ -17,6 +17,8 @@
 // x86-64 CPU (and compiles elsewhere with the portable path only).
 #pragma once
 
+#include "ms_deform_attn_problem.h"
+
 #include <cstdint>
 #include <string>
 
@@ -27,16 +29,7 @@ namespace msda
 namespace cpu
 {
 
-struct Problem
-{
-    int64_t N{0};  // batch
-    int64_t S{0};  // flattened spatial size of all levels
-    int64_t M{0};  // heads
-    int64_t D{0};  // channels per head
-    int64_t L{0};  // levels
-    int64_t P{0};  // points per level
-    int64_t Lq{0}; // queries
-};
+using msda::Problem; // ms_deform_attn_problem.h
 
 enum class Isa : int32_t
 {

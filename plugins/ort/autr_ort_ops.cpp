@@ -270,19 +270,32 @@ void convertValueTask(void* data, size_t task)
     cpu::halfToFloat(job.isa, job.valueHalf + begin, job.valueScratch + begin, count);
 }
 
-OrtStatus* computeCpu(Kernel const& k, OrtKernelContext* ctx)
+// The inputs' data (checked by readInputs) and the output [N, Lq, M * D], allocated: what both providers need.
+OrtStatus* bindTensors(
+    Kernel const& k, OrtKernelContext* ctx, cpu::Problem* p, void const* (&data)[kNumInputs], void** outData)
 {
     OrtApi const* api = k.api;
     Tensor in[kNumInputs];
-    cpu::Problem p;
-    AUTR_ORT_RETURN_IF_ERROR(readInputs(k, ctx, in, &p));
+    AUTR_ORT_RETURN_IF_ERROR(readInputs(k, ctx, in, p));
     OrtStatus* status = nullptr;
-    void const* data[kNumInputs];
     for (size_t i = 0; i < kNumInputs; ++i)
     {
         data[i] = in[i].data(api, &status);
         AUTR_ORT_RETURN_IF_ERROR(status);
     }
+    int64_t const outDims[3] = {p->N, p->Lq, p->M * p->D};
+    OrtValue* output = nullptr;
+    AUTR_ORT_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, outDims, 3, &output));
+    return api->GetTensorMutableData(output, outData);
+}
+
+OrtStatus* computeCpu(Kernel const& k, OrtKernelContext* ctx)
+{
+    OrtApi const* api = k.api;
+    cpu::Problem p;
+    void const* data[kNumInputs];
+    void* outData = nullptr;
+    AUTR_ORT_RETURN_IF_ERROR(bindTensors(k, ctx, &p, data, &outData));
     auto const* shapes = static_cast<int32_t const*>(data[1]);
     auto const* starts = static_cast<int32_t const*>(data[2]);
     std::string const levels = cpu::checkLevels(p, shapes, starts);
@@ -290,11 +303,6 @@ OrtStatus* computeCpu(Kernel const& k, OrtKernelContext* ctx)
     {
         return k.fail(levels);
     }
-    int64_t const outDims[3] = {p.N, p.Lq, p.M * p.D};
-    OrtValue* output = nullptr;
-    AUTR_ORT_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, outDims, 3, &output));
-    void* outData = nullptr;
-    AUTR_ORT_RETURN_IF_ERROR(api->GetTensorMutableData(output, &outData));
 
     CpuJob job{};
     job.p = p;
@@ -354,31 +362,12 @@ OrtStatus* computeCpu(Kernel const& k, OrtKernelContext* ctx)
 OrtStatus* computeCuda(Kernel const& k, OrtKernelContext* ctx)
 {
     OrtApi const* api = k.api;
-    Tensor in[kNumInputs];
-    cpu::Problem p;
-    AUTR_ORT_RETURN_IF_ERROR(readInputs(k, ctx, in, &p));
-    OrtStatus* status = nullptr;
+    autr::msda::Problem problem;
     void const* data[kNumInputs];
-    for (size_t i = 0; i < kNumInputs; ++i)
-    {
-        data[i] = in[i].data(api, &status);
-        AUTR_ORT_RETURN_IF_ERROR(status);
-    }
-    int64_t const outDims[3] = {p.N, p.Lq, p.M * p.D};
-    OrtValue* output = nullptr;
-    AUTR_ORT_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, outDims, 3, &output));
     void* outData = nullptr;
-    AUTR_ORT_RETURN_IF_ERROR(api->GetTensorMutableData(output, &outData));
+    AUTR_ORT_RETURN_IF_ERROR(bindTensors(k, ctx, &problem, data, &outData));
     void* stream = nullptr;
     AUTR_ORT_RETURN_IF_ERROR(api->KernelContext_GetGPUComputeStream(ctx, &stream));
-    autr::msda::Problem problem;
-    problem.N = p.N;
-    problem.S = p.S;
-    problem.M = p.M;
-    problem.D = p.D;
-    problem.L = p.L;
-    problem.P = p.P;
-    problem.Lq = p.Lq;
     auto const type = k.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? autr::msda::DataType::kFloat16
                                                                        : autr::msda::DataType::kFloat32;
     // spatial_shapes / level_start_index stay on the device (the kernel reads them there, as in TensorRT).
