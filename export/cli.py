@@ -9,7 +9,11 @@ import sys
 
 import click
 
-from autr.export.onnx_export import DEFAULT_OPSET  # these modules import torch / onnx only when they run
+from autr.export.int8 import CALIB_SEED as INT8_CALIB_SEED  # these modules import torch / onnx only when they run
+from autr.export.int8 import DEFAULT_CLIPS as INT8_DEFAULT_CLIPS
+from autr.export.int8 import EXCLUDE_CHOICES as INT8_EXCLUDE
+from autr.export.int8 import METHODS as INT8_METHODS
+from autr.export.onnx_export import DEFAULT_OPSET
 from autr.export.trt import DEFAULT_WORKSPACE_GB
 
 
@@ -40,17 +44,27 @@ def export():
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--fp16", is_flag=True,
               help="Also write float16 graphs (model.plugin.fp16.onnx, model.portable.fp16.onnx).")
+@click.option("--int8", is_flag=True,
+              help="Also write static INT8 QDQ graphs (model.portable.int8.onnx, model.plugin.int8.onnx), "
+                   "calibrated on SynthAVS clips.")
+@click.option("--int8-clips", type=int, default=None,
+              help=f"Calibration clips of 5 frames (default {INT8_DEFAULT_CLIPS}; SynthAVS seed {INT8_CALIB_SEED}).")
+@click.option("--int8-method", default=None, help=f"Calibration: {', '.join(INT8_METHODS)} (default minmax).")
+@click.option("--int8-exclude", default=None, metavar="LIST",
+              help=f"Leave in float32 (comma-separated): {', '.join(INT8_EXCLUDE)}.")
 @click.option("--skip-check", is_flag=True,
-              help="Skip the parity check against PyTorch (the fp16 error is still measured).")
+              help="Skip the parity check against PyTorch (the fp16 and int8 errors are still measured).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def export_onnx_cmd(checkpoint, preset, seed, out, t_max, size, opset, fp16, skip_check, quiet):
+def export_onnx_cmd(checkpoint, preset, seed, out, t_max, size, opset, fp16, int8, int8_clips, int8_method,
+                    int8_exclude, skip_check, quiet):
     """Write DIR/model.plugin.onnx, DIR/model.portable.onnx and the sidecar DIR/model.json."""
     from autr.export.errors import ExportError
     from autr.export.onnx_export import export_onnx
 
     try:
         sidecar = export_onnx(out, checkpoint=checkpoint, preset=preset, seed=seed, size=size, frames=t_max,
-                              opset=opset, fp16=fp16, check=not skip_check, log=_log(quiet))
+                              opset=opset, fp16=fp16, int8=int8, int8_clips=int8_clips, int8_method=int8_method,
+                              int8_exclude=int8_exclude or (), check=not skip_check, log=_log(quiet))
     except ExportError as exc:
         _fail(str(exc))
     click.echo(f"{'graph':<15} {'file':<26} {'MiB':>7} {'nodes (exported → final)':>25} {'MSDA':>5}")
@@ -65,6 +79,22 @@ def export_onnx_cmd(checkpoint, preset, seed, out, t_max, size, opset, fp16, ski
             click.echo(f"parity {kind:<15} max|Δ| logits {worst:.2e}  mask IoU {iou:.5f}  ({', '.join(rows)})")
         else:
             click.echo(f"parity {kind:<15} {rows}")
+    for kind in ("portable_int8", "plugin_int8"):
+        rec = sidecar["graphs"].get(kind)
+        if rec is None:
+            continue
+        err = rec["error_vs_fp32_graph"]
+        if isinstance(err, dict):
+            click.echo(f"int8 {kind:<17} vs fp32 graph: max|Δ| logits {err['max_abs']:.2e}  mean {err['mean_abs']:.2e}  "
+                       f"mask IoU min {err['iou_min']:.4f} mean {err['iou_mean']:.4f}  ({err['clips']})")
+        else:
+            click.echo(f"int8 {kind:<17} {err}")
+    if "portable_int8" in sidecar["graphs"]:
+        q = sidecar["graphs"]["portable_int8"]["quantization"]
+        ops = ", ".join(f"{op} {c['quantized']}/{c['quantized'] + c['float']}" for op, c in q["quantized_ops"].items())
+        cal = q["calibration"]
+        click.echo(f"int8: quantized {ops}; {cal['method']} on {cal['frames']} frames (SynthAVS seed {cal['seed']}), "
+                   f"{q['quantize_seconds']:.1f} s")
     click.echo(f"opset {sidecar['opset']}, T 1..{sidecar['frames']['max']}, input {sidecar['input_size'][0]}x"
                f"{sidecar['input_size'][1]}, {sidecar['export_seconds']:.1f} s; sidecar {out}/model.json")
 

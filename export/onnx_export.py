@@ -4,8 +4,11 @@
     DIR/model.portable.onnx       MSDA as GridSample + standard ops (any ONNX Runtime)
     DIR/model.plugin.fp16.onnx    --fp16: float16 graph for TensorRT's strongly-typed networks
     DIR/model.portable.fp16.onnx  --fp16: the same precision plan on the portable graph
+    DIR/model.portable.int8.onnx  --int8: static QDQ int8 around Conv / MatMul / Gemm (ONNX Runtime)
+    DIR/model.plugin.int8.onnx    --int8: the same Q/DQ placement and scales on the plugin graph (TensorRT)
     DIR/model.json                sidecar: config, input size, T range, preprocessing, opset,
-                                  checkpoint sha256, versions, node counts, parity / fp16 error
+                                  checkpoint sha256, versions, node counts, parity / fp16 error,
+                                  int8 quantization record and error
 
 How (see DESIGN.md, "ONNX contract"):
 
@@ -47,8 +50,11 @@ PLUGIN_FILE = "model.plugin.onnx"
 PORTABLE_FILE = "model.portable.onnx"
 PLUGIN_FP16_FILE = "model.plugin.fp16.onnx"
 PORTABLE_FP16_FILE = "model.portable.fp16.onnx"
+PLUGIN_INT8_FILE = "model.plugin.int8.onnx"
+PORTABLE_INT8_FILE = "model.portable.int8.onnx"
 SIDECAR_FILE = "model.json"  # = autr.runtime.backends.sidecar.ONNX_SIDECAR (not imported: it pulls in numpy)
-ARTIFACTS = (PLUGIN_FILE, PORTABLE_FILE, PLUGIN_FP16_FILE, PORTABLE_FP16_FILE, SIDECAR_FILE)
+ARTIFACTS = (PLUGIN_FILE, PORTABLE_FILE, PLUGIN_FP16_FILE, PORTABLE_FP16_FILE, PLUGIN_INT8_FILE, PORTABLE_INT8_FILE,
+             SIDECAR_FILE)
 
 FORMAT = "autr-onnx-export"
 FORMAT_VERSION = 1
@@ -169,6 +175,9 @@ def prepare_out_dir(out) -> tuple[Path, Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the published folder is an ordinary directory
     except OSError as exc:
         raise ExportError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     return out, tmp
@@ -327,16 +336,30 @@ def _graph_record(proto, path: Path, counts: dict, msda_count: int) -> dict:
 
 # ----------------------------------------------------------------------------------- main entry
 def export_onnx(out, checkpoint=None, preset: str | None = None, *, model=None, size: int | None = None,
-                frames: int | None = None, opset: int = DEFAULT_OPSET, fp16: bool = False, seed: int = 0,
+                frames: int | None = None, opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False,
+                int8_clips: int | None = None, int8_method: str | None = None, int8_exclude=(), seed: int = 0,
                 check: bool = True, log=None) -> dict:
-    """Export the plugin and portable graphs (and float16 variants with `fp16`) into `out`.
+    """Export the plugin and portable graphs (and float16 variants with `fp16`, static int8 QDQ variants
+    with `int8`) into `out`.
 
     Model source: `checkpoint` (a file or "default"), `preset` (untrained, `seed`), or an in-memory
-    `model` (AuTR). Returns the sidecar dict (also written to `out/model.json`). Raises ExportError.
+    `model` (AuTR). int8: `int8_clips` SynthAVS calibration clips of 5 frames (default
+    `int8.DEFAULT_CLIPS`), `int8_method` "minmax" (default), "entropy" or "percentile", `int8_exclude`
+    choices of `int8.EXCLUDE_CHOICES` left in float32 (see `autr.export.int8`). Returns the sidecar dict
+    (also written to `out/model.json`). Raises ExportError.
     """
     started = time.perf_counter()
     say = log or (lambda msg: None)
     opset = validate_opset(opset)
+    int8_opts = None
+    if int8 or int8_clips is not None or int8_method is not None or int8_exclude:
+        if not int8:
+            raise ExportError("--int8-clips, --int8-method and --int8-exclude need --int8")
+        from autr.export import int8 as int8_mod
+
+        int8_opts = int8_mod.validate_options(int8_mod.DEFAULT_CLIPS if int8_clips is None else int8_clips,
+                                              int8_mod.DEFAULT_METHOD if int8_method is None else int8_method,
+                                              int8_exclude)
     if model is not None:
         if checkpoint is not None or preset is not None:
             raise ExportError("give a model, a checkpoint or a preset, not several")
@@ -351,7 +374,7 @@ def export_onnx(out, checkpoint=None, preset: str | None = None, *, model=None, 
     t_max = validate_frames(frames, cfg)
     out, tmp = prepare_out_dir(out)
     try:
-        sidecar = _export_into(tmp, model, cfg, source, size, t_max, opset, fp16, check, say)
+        sidecar = _export_into(tmp, model, cfg, source, size, t_max, opset, fp16, check, say, int8_opts)
         sidecar["export_seconds"] = round(time.perf_counter() - started, 2)
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         publish(tmp, out)
@@ -362,7 +385,7 @@ def export_onnx(out, checkpoint=None, preset: str | None = None, *, model=None, 
     return sidecar
 
 
-def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check, say) -> dict:
+def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check, say, int8_opts=None) -> dict:
     import onnx
     import onnxruntime
     import onnxscript
@@ -413,6 +436,19 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
             graph.check(half, kind.replace("_", " "))
             graphs[kind] = (half, name, counts)
 
+    quantization = None
+    if int8_opts is not None:
+        from autr.export import int8 as int8_mod
+
+        clips, method, exclude = int8_opts
+        plugin_q, portable_q, quantization = int8_mod.quantize_graphs(
+            plugin, portable, size, t_max, clips=clips, method=method, exclude=exclude, tail=tail, log=say)
+        for kind, proto, name in (("plugin_int8", plugin_q, PLUGIN_INT8_FILE),
+                                  ("portable_int8", portable_q, PORTABLE_INT8_FILE)):
+            proto = _finish(proto, kind.replace("_", "-"), {**meta, "autr.graph": kind})
+            graph.check(proto, kind.replace("_", " "))
+            graphs[kind] = (proto, name, counts)
+
     records = {}
     for kind, (proto, name, cnt) in graphs.items():
         path = tmp / name
@@ -424,6 +460,16 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
                 "float32_ops": sorted(fp16_mod.FP32_OPS & set(records[kind]["op_counts"])),
                 "float32_region": "mask head, score head and everything after them (query selection, upsampling)",
                 "io": "float32 (cast at the entry and exit)"}
+
+    if quantization is not None:
+        say("measuring the int8 graphs against the float32 graphs in ONNX Runtime")
+        for kind, ref in (("portable_int8", PORTABLE_FILE), ("plugin_int8", PLUGIN_FILE)):
+            records[kind]["quantization"] = dict(quantization)
+            try:
+                records[kind]["error_vs_fp32_graph"] = int8_mod.error_vs_fp32(
+                    tmp / ref, tmp / records[kind]["file"], size, t_max, plugin=kind.startswith("plugin"))
+            except ExportError as exc:  # the plugin graph needs onnxruntime-extensions to run here
+                records[kind]["error_vs_fp32_graph"] = f"skipped: {exc}"
 
     t_axis = "T" if t_max >= 2 else 1  # T_MAX = 1: a static graph (torch.export has no 1..1 range)
     sidecar = {
@@ -458,7 +504,9 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
         from autr.export import verify
 
         say("checking parity with PyTorch in ONNX Runtime")
-        paths = {k: tmp / v[1] for k, v in graphs.items() if check or k.endswith("fp16")}
+        # int8 graphs are measured against the float32 graphs on SynthAVS clips (above), not on random inputs,
+        # which lie outside their calibrated ranges
+        paths = {k: tmp / v[1] for k, v in graphs.items() if (check or k.endswith("fp16")) and not k.endswith("int8")}
         parity = verify.export_parity(model, paths, size, t_max)
         sidecar["parity"] = parity
         for kind in ("plugin_fp16", "portable_fp16"):

@@ -123,6 +123,39 @@ def run_session(sess, frames: np.ndarray, log_mel: np.ndarray):
     return masks, scores
 
 
+class OrtModel:
+    """An exported graph behind the inference interface of `autr.model.AuTR`, so `autr.evaluation`
+    (the code of `autr eval`) scores it unchanged: `eval()` and `to("cpu")` return the object,
+    `model(frames, log_mel)` takes torch tensors [T,3,H,W], [T,1,96,64] and returns
+    {"masks": [T,H,W] logits, "scores": [T] logits} as float32 torch tensors, computed by ONNX Runtime
+    on the CPU (`plugin`: MSDA nodes by the PyTorch reference, as `session` serves them)."""
+
+    def __init__(self, path, plugin: bool = False, threads: int | None = None, t_max: int | None = None):
+        self.path = str(path)
+        self.t_max = t_max
+        self.session = session(path, plugin=plugin, threads=threads)
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        if str(device) != "cpu":
+            raise ExportError(f"OrtModel runs on the CPU (ONNX Runtime), not on {device}")
+        return self
+
+    def __call__(self, frames, log_mel) -> dict:
+        import torch
+
+        if self.t_max is not None and len(frames) > self.t_max:
+            raise ExportError(f"a clip of {len(frames)} frames is longer than the export's T_MAX={self.t_max}; "
+                              f"re-export with --frames {len(frames)}")
+        f = np.ascontiguousarray(frames.detach().cpu().numpy(), dtype=np.float32)
+        a = np.ascontiguousarray(log_mel.detach().cpu().numpy(), dtype=np.float32)
+        masks, scores = run_session(self.session, f, a)
+        return {"masks": torch.from_numpy(np.asarray(masks, np.float32)),
+                "scores": torch.from_numpy(np.asarray(scores, np.float32))}
+
+
 def run_torch(model, frames: np.ndarray, log_mel: np.ndarray):
     import torch
 
