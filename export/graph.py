@@ -276,11 +276,14 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
     return folded
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    fold_constant_splits(model)
-    fold_affine_into_linear(model)
+def simplify(model: onnx.ModelProto, stats: dict | None = None) -> onnx.ModelProto:
+    """The passes above, in order; `stats` (a dict), if given, receives what each one folded or merged."""
+    counts = {"constant_splits_folded": fold_constant_splits(model),
+              "affine_folded_into_linear": fold_affine_into_linear(model)}
     strip_metadata(model)
-    dedupe_initializers(model)
+    counts["initializers_merged"] = dedupe_initializers(model)
+    if stats is not None:
+        stats.update(counts)
     name_msda_constants(model)
     remove_unused(model)
     return model

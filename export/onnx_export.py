@@ -305,8 +305,9 @@ def trace_plugin_graph(model, size: int, t_max: int, shapes) -> tuple:
     proto = program.model_proto
     optimized = len(proto.graph.node)
     tail = _tail_tensors(proto)
-    graph.simplify(proto)
-    return proto, {"exported": exported, "onnxscript_optimized": optimized}, tail
+    folded = {}
+    graph.simplify(proto, stats=folded)
+    return proto, {"exported": exported, "onnxscript_optimized": optimized, "simplified": folded}, tail
 
 
 def _finish(proto, kind: str, meta: dict):

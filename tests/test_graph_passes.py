@@ -88,3 +88,12 @@ def test_a_linear_output_used_twice_is_not_folded():
     model.graph.output.append(helper.make_tensor_value_info("lin_copy", TensorProto.FLOAT, [1, ROWS, K]))
     folded, n = _fold(model)
     assert n == 0
+
+
+def test_simplify_reports_what_it_folded():
+    rng = np.random.default_rng(3)
+    model = _offsets_graph([("Div", rng.uniform(4, 32, (1, 1, 1, L, 1, 2)), False),
+                            ("Add", rng.uniform(0, 1, (1, ROWS, 1, L, 1, 2)), True)])
+    stats = {}
+    graph.simplify(model, stats=stats)
+    assert stats["affine_folded_into_linear"] == 2 and stats["constant_splits_folded"] == 0

@@ -101,3 +101,39 @@ def test_mp4_encoder_runs_on_the_plans_threads(tmp_path):
     assert sink.vstream.codec_context.options.get("threads") == "1" or sink.vstream.codec_context.thread_count == 1
     with av.open(str(tmp_path / "o.mp4")) as c:
         assert c.streams.video[0].frames > 0 or sum(1 for _ in c.demux(video=0)) > 1
+
+
+# ------------------------------------------------------------------------------------------ graph choice
+from autr.runtime.backends.ort import choose_graph  # noqa: E402
+from autr.runtime.errors import BackendError  # noqa: E402
+
+GRAPHS = {k: {"file": f"model.{k.replace('_', '.')}.onnx"} for k in
+          ("plugin", "portable", "plugin_int8", "portable_int8", "portable_fp16")}
+
+
+def test_auto_runs_the_fused_graph_when_the_library_registers(tmp_path):
+    path, kind, notice = choose_graph(tmp_path, GRAPHS, "auto", "fp32", register=lambda: None)
+    assert (path.name, kind, notice) == ("model.plugin.onnx", "plugin", None)
+    path, kind, _ = choose_graph(tmp_path, GRAPHS, "auto", "int8", register=lambda: None)
+    assert (path.name, kind) == ("model.plugin.int8.onnx", "plugin_int8")
+
+
+def test_auto_falls_back_to_portable_with_one_notice(tmp_path):
+    path, kind, notice = choose_graph(tmp_path, GRAPHS, "auto", "fp32", register=lambda: "libautr_ort_ops.so not found")
+    assert (path.name, kind) == ("model.portable.onnx", "portable")
+    assert "libautr_ort_ops.so not found" in notice and "portable" in notice and "\n" not in notice
+    # an fp16 export without a plugin fp16 graph: portable, saying why
+    path, kind, notice = choose_graph(tmp_path, GRAPHS, "auto", "fp16", register=lambda: None)
+    assert kind == "portable_fp16" and "no plugin_fp16 graph" in notice
+
+
+def test_fused_or_missing_graphs_are_refused_in_one_line(tmp_path):
+    with pytest.raises(BackendError, match="cannot run the fused graph: not built"):
+        choose_graph(tmp_path, GRAPHS, "fused", "fp32", register=lambda: "not built")
+    with pytest.raises(BackendError, match="holds no model.portable.fp16.onnx.*--fp16"):
+        choose_graph(tmp_path, {"portable": GRAPHS["portable"]}, "portable", "fp16", register=lambda: None)
+    with pytest.raises(BackendError, match="unknown precision"):
+        choose_graph(tmp_path, GRAPHS, "auto", "int4", register=lambda: None)
+    calls = []
+    choose_graph(tmp_path, GRAPHS, "portable", "fp32", register=lambda: calls.append(1))
+    assert calls == []  # the portable graph never loads the library
