@@ -92,11 +92,11 @@ presets: install
 # The MSDA kernel for sm_80/86/89/90, plus the TensorRT plugin when TRT_INCLUDE names TensorRT's include/.
 # The committed CPU results and the README's performance section (run it on a quiet machine).
 bench: install
-	$(BIN)/autr bench model --backend torch,ort,trt --precision fp32,fp16 --frames 1,5 --warmup 3 --iters 30 \
+	$(BIN)/autr bench model --backend torch,ort,openvino,trt --precision fp32,fp16,int8 --frames 1,5 --warmup 3 --iters 30 \
 	  --json benchmarks/results/bench_model_cpu.json --plot benchmarks/results/bench_model_cpu.png
-	$(BIN)/autr bench msda --preset small,paper-r50 --warmup 3 --iters 20 \
+	$(BIN)/autr bench msda --preset small,paper-r50 --impl reference,ort,cuda,trt --warmup 3 --iters 20 \
 	  --json benchmarks/results/bench_msda_cpu.json --plot benchmarks/results/bench_msda_cpu.png
-	$(BIN)/autr bench stream --seconds 10 --fps 15 \
+	$(BIN)/autr bench stream --seconds 10 --fps 25 --video-size 640x480 \
 	  --json benchmarks/results/bench_stream_cpu.json --plot benchmarks/results/bench_stream_cpu.png
 	$(BIN)/python -m autr.benchmarks.readme
 

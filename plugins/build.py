@@ -91,24 +91,26 @@ def default_build_dir() -> Path:
     return base / "autr" / "plugins"
 
 
-def _library_candidates() -> list[Path]:
-    return [PACKAGE_DIR / "lib" / LIBRARY_NAME, default_build_dir() / LIBRARY_NAME]
-
-
-def library_path() -> Path:
-    """Path of the built TensorRT plugin library; raises PluginLibraryNotFound saying how to build it."""
-    env = os.environ.get(PLUGIN_ENV)
+def _find_library(name: str, env_var: str, hint: str) -> Path:
+    """``$env_var`` (an error if set but missing), else ``<package>/lib/name``, else ``default_build_dir()/name``;
+    PluginLibraryNotFound (one line, ending in `hint`) when none exists."""
+    env = os.environ.get(env_var)
     if env:
         path = Path(env).expanduser()
         if path.is_file():
             return path.resolve()
-        raise PluginLibraryNotFound(f"${PLUGIN_ENV}={env} does not exist; unset it or {BUILD_HINT}")
-    candidates = _library_candidates()
+        raise PluginLibraryNotFound(f"${env_var}={env} does not exist; unset it or {hint}")
+    candidates = [PACKAGE_DIR / "lib" / name, default_build_dir() / name]
     for path in candidates:
         if path.is_file():
             return path.resolve()
     searched = ", ".join(str(p) for p in candidates)
-    raise PluginLibraryNotFound(f"{LIBRARY_NAME} not found (searched {searched}); {BUILD_HINT}")
+    raise PluginLibraryNotFound(f"{name} not found (searched {searched}); {hint}")
+
+
+def library_path() -> Path:
+    """Path of the built TensorRT plugin library; raises PluginLibraryNotFound saying how to build it."""
+    return _find_library(LIBRARY_NAME, PLUGIN_ENV, BUILD_HINT)
 
 
 find_plugin_library = library_path
@@ -454,29 +456,13 @@ def cxx_version(cxx: str) -> str:
     return out.splitlines()[0].strip() if out else ""
 
 
-def _ort_library_candidates(cuda: bool) -> list[Path]:
-    name = ORT_CUDA_LIBRARY_NAME if cuda else ORT_LIBRARY_NAME
-    return [PACKAGE_DIR / "lib" / name, default_build_dir() / name]
-
-
 def ort_library_path(cuda: bool = False) -> Path:
     """Path of the built ONNX Runtime custom-op library (`cuda=True`: the CUDA-enabled sibling);
     `$AUTR_ORT_OPS` overrides both. Raises PluginLibraryNotFound with a one-line reason."""
-    env = os.environ.get(ORT_OPS_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if path.is_file():
-            return path.resolve()
-        raise PluginLibraryNotFound(f"${ORT_OPS_ENV}={env} does not exist; unset it or {ORT_BUILD_HINT}")
-    candidates = _ort_library_candidates(cuda)
-    for path in candidates:
-        if path.is_file():
-            return path.resolve()
-    searched = ", ".join(str(p) for p in candidates)
     if cuda:
-        raise PluginLibraryNotFound(f"{ORT_CUDA_LIBRARY_NAME} not found (searched {searched}); `python -m autr.plugins "
-                                    "build --ort` builds it where nvcc is present")
-    raise PluginLibraryNotFound(f"{ORT_LIBRARY_NAME} not found (searched {searched}); {ORT_BUILD_HINT}")
+        return _find_library(ORT_CUDA_LIBRARY_NAME, ORT_OPS_ENV,
+                             "`python -m autr.plugins build --ort` builds it where nvcc is present")
+    return _find_library(ORT_LIBRARY_NAME, ORT_OPS_ENV, ORT_BUILD_HINT)
 
 
 def ort_library_hash(path: str | os.PathLike | None = None) -> str:
