@@ -130,6 +130,9 @@ def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, **kw):
 
     if kw["preset"] not in list_presets():
         _fail(f"unknown preset {kw['preset']!r}; choose from {', '.join(list_presets())}")
+    _check_train_args(kw)
+    _check_split(kw["data"], kw["mode"], "train", "to train on")
+    _check_split(kw["data"], kw["mode"], "val", "to choose the best epoch with")
     from autr.training import TrainConfig, train as run
 
     overrides = {}
@@ -144,6 +147,38 @@ def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, **kw):
         _fail(str(exc))
     if result["rank"] == 0:
         click.echo(f"best validation mIoU {result['best_miou']:.4f}; checkpoints in {cfg.out}")
+
+
+def _check_train_args(kw: dict) -> None:
+    """Refuse numbers that would make a run do nothing or nonsense, before anything is loaded."""
+    if kw["epochs"] < 1:
+        _fail(f"--epochs must be >= 1 (a run of {kw['epochs']} epochs trains nothing and writes no checkpoint)")
+    if kw["batch_size"] < 1:
+        _fail(f"--batch-size must be >= 1; got {kw['batch_size']}")
+    if not kw["lr"] > 0:
+        _fail(f"--lr must be positive; got {kw['lr']}")
+    if kw["weight_decay"] < 0:
+        _fail(f"--weight-decay must be >= 0; got {kw['weight_decay']}")
+    if kw["workers"] < 0:
+        _fail(f"--workers must be >= 0; got {kw['workers']}")
+    if kw["size"] is not None and kw["size"] < 32:
+        _fail(f"--size must be >= 32 pixels; got {kw['size']}")
+    for key in ("max_train_clips", "max_val_clips"):
+        if kw[key] is not None and kw[key] < 1:
+            _fail(f"--{key.replace('_', '-')} must be >= 1; got {kw[key]}")
+
+
+def _check_split(root, mode: str, split: str, purpose: str) -> None:
+    """A dataset split that exists and holds clips, checked before a model is built or loaded."""
+    from autr.datasets import AVSBenchDataset
+
+    try:
+        n = len(AVSBenchDataset(root, mode, split))
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    if n == 0:
+        _fail(f"{root} has no {mode} clips in its {split!r} split {purpose} (its meta csv lists none); choose "
+              f"another split, or generate one (autr data synth {root} --mode {mode} --{split} N)")
 
 
 def _print_metrics(result: dict) -> None:
@@ -172,6 +207,12 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
     """Evaluate a checkpoint: mIoU, F-score (AVSBench), dataset mIoU, audio_swap (SynthAVS)."""
     if bool(data) == synthetic:
         _fail("give exactly one of --data DIR or --synthetic")
+    if synthetic and clips < 1:
+        _fail(f"--clips must be >= 1; got {clips}")
+    if size is not None and size < 32:
+        _fail(f"--size must be >= 32 pixels; got {size}")
+    if data:
+        _check_split(data, mode, split, "to evaluate")
     from autr.checkpoint import CheckpointError, load_model
 
     try:

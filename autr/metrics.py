@@ -266,7 +266,8 @@ class AVSBenchAccumulator:
             RuntimeError: when no video has been added.
         """
         if not self._miou:
-            raise RuntimeError("AVSBenchAccumulator.compute() called before any update()")
+            raise RuntimeError("AVSBenchAccumulator.compute() called before any update(): no video was "
+                               "evaluated (is the split empty?)")
         n = len(self._miou)
         return {
             "miou": sum(self._miou) / n,

@@ -149,7 +149,15 @@ def plot_curves(jsonl: Path, png: Path) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) a training run; returns the best validation metrics."""
+    """Run (or resume) a training run; returns the best validation metrics.
+
+    Raises:
+        ValueError: ``epochs`` < 1 (nothing would be trained and no checkpoint written), or a resumed run that
+            has already done ``epochs`` epochs.
+    """
+    if int(cfg.epochs) < 1:
+        raise ValueError(f"epochs must be >= 1 (a run of {cfg.epochs} epochs trains nothing and writes no "
+                         "checkpoint)")
     rank, world, local_rank = _distributed()
     device = _device(cfg.device, local_rank)
     out = Path(cfg.out)
@@ -189,6 +197,9 @@ def train(cfg: TrainConfig) -> dict:
     start, best = 0, -1.0
     if cfg.resume:
         start, best = load_state(out / "last.state.safetensors", optimizer, scaler)
+        if start >= cfg.epochs:
+            raise ValueError(f"--resume: the run in {out} has already done {start} epoch(s); pass --epochs above "
+                             f"{start} to train further")
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False) if world > 1 else model
 
     if rank == 0:

@@ -5,8 +5,11 @@ command runs. Register it in the main CLI with ``main.add_command(stream)``.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import time
 
 import click
 
@@ -36,6 +39,154 @@ def _summary(rep: dict) -> str:
     if au.get("overruns"):
         parts.append(f"audio overruns {au['overruns']}")
     return ", ".join(parts)
+
+
+def _model_t_range(kind: str, artifact: str):
+    """(t_min, t_max) from an ONNX export's / engine's sidecar, read without loading the model; None where it
+    cannot be read here (the backend then says why, in its own words)."""
+    if kind not in ("ort", "trt"):
+        return None
+    import json
+    from pathlib import Path
+
+    try:
+        from autr.runtime.backends.sidecar import ONNX_SIDECAR, parse_spec, read_sidecar
+
+        p = Path(artifact)
+        if p.is_dir():
+            side = p / ONNX_SIDECAR
+            if not side.is_file():
+                return None
+            data = json.loads(side.read_text(encoding="utf-8"))
+        else:
+            _, data = read_sidecar(p)
+        spec = parse_spec(data)
+        return spec.t_min, spec.t_max
+    except Exception:  # noqa: BLE001 - a broken sidecar is the backend's to report
+        return None
+
+
+def _describe_model(backend, kind: str, precision: str, window: int) -> str:
+    d = backend.describe()
+    what = [kind]
+    if d.get("graph"):
+        what.append(str(d["graph"]))
+    if kind == "ort":
+        what.append(precision)
+    elif d.get("preset"):
+        what.append(str(d["preset"]))
+    h, w = backend.input_size
+    extra = [f"{h}x{w}", f"T={window}", str(d.get("device") or "cpu")]
+    threads = d.get("threads")
+    if isinstance(threads, dict):
+        threads = threads.get("intra_op")
+    if threads:
+        extra.append(f"{threads} threads")
+    art = d.get("artifact")
+    if art:
+        extra.insert(0, os.path.basename(str(art)))
+    return f"{' '.join(what)} ({', '.join(extra)})"
+
+
+def _describe_audio(a) -> str:
+    if not a:
+        return "silent"
+    rate = a.get("sample_rate")
+    ch = a.get("channels")
+    parts = [str(a.get("codec") or a.get("device") or "audio")]
+    if rate:
+        parts.append(f"{rate:g} Hz" if isinstance(rate, float) else f"{rate} Hz")
+    if ch:
+        parts.append(f"{ch} ch")
+    return " ".join(parts)
+
+
+def _describe_input(source) -> str:
+    d = source.describe()
+    kind = d.get("kind")
+    if kind in ("file", "network"):
+        v = d.get("video") or {}
+        text = f"{d.get('input')} {v.get('width')}x{v.get('height')}"
+        if v.get("fps"):
+            text += f" {v['fps']:.4g} fps"
+        if v.get("rotation"):
+            text += f" (turned upright: {v['rotation']} deg)"
+        if d.get("duration"):
+            text += f" {d['duration']:.1f} s"
+        return text + ", audio " + ("silent (--silent-audio)" if d.get("silent_audio") else
+                                    _describe_audio(d.get("audio")))
+    if kind == "synthetic":
+        return (f"synthetic scene {d.get('size')}x{d.get('size')} {d.get('fps'):g} fps, audio "
+                + ("16000 Hz 1 ch" if d.get("audio") == "scene" else "silent"))
+    if kind == "live":
+        v = d.get("video") or {}
+        text = f"camera {v.get('camera')}"
+        if v.get("width"):
+            text += f" {v['width']}x{v['height']}"
+        if v.get("fps"):
+            text += f" {v['fps']:.4g} fps"
+        a = d.get("audio")
+        return text + ", audio " + (f"{a.get('device')} {a.get('sample_rate')} Hz {a.get('channels')} ch" if a
+                                    else "silent (--silent-audio)")
+    return str(kind)
+
+
+class _StatusLine:
+    """The live status line on a terminal: frames, windows/s, drops, end-to-end latency, and for an input of
+    known length a bar with the time left. It is the runner's ``on_packet`` hook, so it runs in the output
+    thread, reads counters the output stage keeps anyway, and redraws at most ``1 / interval`` times a second."""
+
+    def __init__(self, runner, stream, total_seconds=None, interval: float = 0.25):
+        self.runner = runner
+        self.stream = stream
+        self.total = total_seconds if total_seconds and total_seconds > 0 else None
+        self.interval = float(interval)
+        self._next = 0.0
+        self.drawn = 0
+        try:  # the terminal the line goes to (stderr), not stdout's
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        self.width = max(40, (columns or shutil.get_terminal_size((100, 24)).columns) - 1)
+
+    def line(self, s: dict) -> str:
+        parts = [f"{s['frames']} frames"]
+        if s.get("windows_per_s"):
+            parts.append(f"{s['windows_per_s']:.1f} windows/s")
+        parts.append(f"dropped {s['dropped']}")
+        if s.get("latency_ms") is not None:
+            parts.append(f"latency {s['latency_ms']:.0f} ms")
+        text = "  ".join(parts)
+        t, elapsed = s.get("stream_t"), s.get("elapsed")
+        if self.total and t is not None:  # the bar and the time left first: a narrow terminal cuts the end
+            frac = min(1.0, max(0.0, t / self.total))
+            bar = "#" * int(round(20 * frac))
+            head = f"[{bar:<20}] {100 * frac:3.0f}%"
+            if elapsed and t > 0:
+                left = max(0.0, (self.total - t) * elapsed / t)
+                head += f"  ETA {int(left // 60)}:{int(left % 60):02d}"
+            text = head + "  " + text
+        return text
+
+    def __call__(self, packet) -> None:
+        t = time.monotonic()
+        if t < self._next:
+            return
+        self._next = t + self.interval
+        try:
+            self.stream.write("\r" + self.line(self.runner.progress())[: self.width] + "\x1b[K")
+            self.stream.flush()
+            self.drawn += 1
+        except (OSError, ValueError):  # the terminal went away: stop drawing, never stop the stream
+            self._next = float("inf")
+
+    def close(self) -> None:
+        if self.drawn:
+            try:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
 @click.command("stream", context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,10 +220,13 @@ def _summary(rep: dict) -> str:
 @click.option("--fps", default=10.0, show_default=True, help="Frame rate of the synthetic scene.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic scene.")
 @click.option("--threshold", default=0.0, show_default=True, help="Mask logit threshold.")
+@click.option("--sounding-threshold", default=0.5, show_default=True,
+              help="Sounding probability below which a frame shows 'nothing sounding' (no mask painted); 0 paints "
+                   "every mask.")
 @click.option("--list-devices", is_flag=True, help="List the audio input devices and exit.")
 def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, report_path, masks_dir, no_display,
            duration, realtime, silent_audio, window, provider, device, precision, graph, threads, queue_size, fps, seed,
-           threshold, list_devices):
+           threshold, sounding_threshold, list_devices):
     """Segment the sounding object live and measure latency.
 
     \b
@@ -84,11 +238,16 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
         from autr.runtime.sources import list_input_devices
 
         try:
-            for i, name, ch, rate in list_input_devices():
-                click.echo(f"{i:>3}  {name}  ({ch} ch, {rate:g} Hz)")
+            devices = list_input_devices()
         except StreamError as exc:
             _fail(str(exc))
+        if not devices:
+            click.echo("no audio input device found: plug in a microphone or start the sound server "
+                       "(PulseAudio / PipeWire), or stream without sound on purpose with --silent-audio")
+        for i, name, ch, rate in devices:
+            click.echo(f"{i:>3}  {name}  ({ch} ch, {rate:g} Hz)")
         return
+    # ---- every argument is checked here, before a device, a file or a model is opened
     models = [(k, v) for k, v in (("trt", engine), ("ort", onnx_path), ("torch", checkpoint)) if v]
     if len(models) != 1:
         _fail("choose one model: --engine FILE (TensorRT), --onnx FILE (ONNX Runtime) or --checkpoint FILE|default "
@@ -102,8 +261,27 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
         _fail("--realtime paces a media file (--input); cameras and the synthetic scene are live already")
     if window < 1:
         _fail(f"--window must be >= 1; got {window}")
-    if duration is not None and duration <= 0:
+    if queue_size < 1:
+        _fail(f"--queue must be >= 1 (frames each stage may hold); got {queue_size}")
+    if duration is not None and not duration > 0:
         _fail(f"--duration must be positive; got {duration}")
+    if synthetic and not (fps > 0 and fps <= 240):
+        _fail(f"--fps must be in (0, 240] frames per second; got {fps}")
+    if not 0.0 <= sounding_threshold <= 1.0:
+        _fail(f"--sounding-threshold is a probability in [0, 1]; got {sounding_threshold}")
+    if threshold != threshold or abs(threshold) == float("inf"):
+        _fail(f"--threshold must be a finite logit; got {threshold}")
+    kind, artifact = models[0]
+    if kind != "ort" and (precision != "fp32" or graph != "auto"):
+        _fail("--precision and --graph choose among an ONNX export's graphs (--onnx DIR); an engine or a checkpoint "
+              "has its own precision")
+    if not (kind == "torch" and artifact == "default") and not os.path.exists(artifact):
+        what = {"trt": "engine", "ort": "ONNX model", "torch": "checkpoint"}[kind]
+        _fail(f"{what} not found: {artifact}")
+    t_range = _model_t_range(kind, artifact)
+    if t_range is not None and not (t_range[0] <= window <= t_range[1]):
+        _fail(f"the model takes {t_range[0]}..{t_range[1]} frames per call (its sidecar says so); --window {window} "
+              "is outside that range")
     from autr.runtime.threads import plan_threads
 
     try:
@@ -115,12 +293,13 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                               StreamError, StreamRunner, SyntheticSource, WebcamSource, display_problem, open_backend,
                               write_report)
 
-    kind, artifact = models[0]
     sinks, source, backend = [], None, None
+    phase = {"running": False}
     previous = signal.getsignal(signal.SIGTERM)
 
-    def _terminate(signum, frame):  # SIGTERM finalises like Ctrl-C
-        raise KeyboardInterrupt
+    def _terminate(signum, frame):  # before the stream runs: stop opening things; while it runs: the runner's
+        if not phase["running"]:
+            raise KeyboardInterrupt("SIGTERM")
 
     try:
         signal.signal(signal.SIGTERM, _terminate)
@@ -128,13 +307,8 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
         previous = None
     try:
         try:
-            if kind != "ort" and (precision != "fp32" or graph != "auto"):
-                raise StreamError("--precision and --graph choose among an ONNX export's graphs (--onnx DIR); an engine "
-                                  "or a checkpoint has its own precision")
-            backend = open_backend(kind, artifact, provider=provider, device=device, threads=plan.intra_op,
-                                   spinning=plan.spinning, precision=precision, graph=graph)
-            for notice in getattr(backend, "notices", ()):
-                _note(notice)
+            # the input and the outputs first: a missing file, an audio-only file, a missing camera or an
+            # unwritable output costs no model load (torch takes seconds to import and load)
             if synthetic:
                 source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True, audio=not silent_audio,
                                          queue_size=queue_size)
@@ -155,31 +329,63 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                     _note(f"{problem}: running without a window (pass --no-display to silence this)")
                 else:
                     sinks.append(DisplaySink())
-        except StreamError as exc:
+            backend = open_backend(kind, artifact, provider=provider, device=device, threads=plan.intra_op,
+                                   spinning=plan.spinning, precision=precision, graph=graph)
+            for notice in getattr(backend, "notices", ()):
+                _note(notice)
+            runner = StreamRunner(source, backend, sinks=sinks, window=window, queue_size=queue_size,
+                                  duration=duration, threshold=threshold, plan=plan,
+                                  sounding_threshold=sounding_threshold)
+        except (StreamError, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - one line, never a traceback
             for s in sinks:
-                s.close()
+                try:
+                    s.close()
+                except Exception:  # noqa: BLE001
+                    pass
             if source is not None:
                 source.stop()
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            if source is not None:
-                source.stop()
-            _fail("interrupted before the stream started", code=130)
+            if isinstance(exc, KeyboardInterrupt):
+                term = "SIGTERM" in str(exc)
+                _fail(("terminated (SIGTERM)" if term else "interrupted (Ctrl-C)") + " before the stream started",
+                      code=143 if term else 130)
+            if not isinstance(exc, StreamError):
+                from autr.runtime.errors import one_line
 
-        runner = StreamRunner(source, backend, sinks=sinks, window=window, queue_size=queue_size, duration=duration,
-                              threshold=threshold, plan=plan)
-        rep = runner.run()
+                _fail(f"could not start the stream: {type(exc).__name__}: {one_line(exc)}")
+            _fail(str(exc))
+
+        outputs = [f"out {out}"] * bool(out) + [f"masks {masks_dir}/"] * bool(masks_dir) + \
+            [f"report {report_path}"] * bool(report_path) + ["window"] * any(isinstance(s, DisplaySink) for s in sinks)
+        click.echo(f"autr: model {_describe_model(backend, kind, precision, window)} | input {_describe_input(source)} "
+                   f"| {', '.join(outputs) or 'no outputs (add --out / --masks / --report)'}", err=True)
+        for w in source.warnings:
+            _note(w)
+        shown = set(source.warnings)
+        status = None
+        if sys.stderr.isatty():
+            total = getattr(source, "duration", None) if isinstance(source, MediaSource) and not source.network \
+                else None
+            if duration:
+                total = min(total, duration) if total else duration
+            status = _StatusLine(runner, sys.stderr, total)
+            runner.on_packet = status
+        phase["running"] = True
+        try:
+            rep = runner.run()
+        finally:
+            if status is not None:
+                status.close()
         wrote = [f"{s.path} ({s.frames} frames)" for s in sinks if isinstance(s, Mp4Sink) and s.frames]
         wrote += [f"{s.dir}/ ({s.count} masks)" for s in sinks if isinstance(s, MaskPngSink)]
         if report_path:
             try:
                 wrote.append(str(write_report(rep, report_path)))
             except OSError as exc:
-                _fail(f"cannot write the report {report_path}: {exc}")
+                _fail(f"cannot write the report {report_path}: {exc}", code=1)
         click.echo(_summary(rep) + (f"; wrote {', '.join(wrote)}" if wrote else ""))
         kept = f" (kept {', '.join(wrote)})" if wrote else ""
         for w in rep.get("warnings", []):
-            if w not in (rep.get("error"), rep.get("input_fault")):
+            if w not in (rep.get("error"), rep.get("input_fault")) and w not in shown:
                 _note(w)
         if rep.get("error"):
             _fail(rep["error"] + kept, code=1)
@@ -187,6 +393,8 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
             _fail(rep["input_fault"] + kept, code=1)
         if rep.get("stopped_by") == "interrupt":
             _note("stopped (Ctrl-C); outputs finalised")
+        elif rep.get("stopped_by") == "terminated":
+            _note("stopped (SIGTERM); outputs finalised")
     finally:
         if backend is not None:
             backend.close()

@@ -31,7 +31,7 @@ from autr.preprocess import LIVE_WINDOW_SAMPLES, LogMelStream, log_mel_window, p
 from .errors import StreamError, one_line
 from .frames import Packet
 from .queues import BoundedQueue, Closed
-from .render import mask_from_logits, render_overlay
+from .render import mask_from_logits, render_overlay, sounding_probability
 from .stats import LatencyRecorder, environment, now
 from .threads import ThreadPlan, limit_blas, limit_opencv, plan_threads
 
@@ -50,6 +50,9 @@ class StreamRunner:
         duration: stop after this many seconds of stream time (None: until the input ends).
         audio_wait: how long the assembler waits for late audio of a live source (s).
         threshold: mask logit threshold.
+        sounding_threshold: sounding probability (sigmoid of the model's score) below which a frame is in the
+            "nothing sounding" state: the HUD says so, the overlay paints no mask, and the report counts it
+            (the mask PNGs keep the model's thresholded mask; masks.csv records the state).
         render: build the overlay picture when a sink shows it (window, mp4); False never draws it.
         frame_timeout: a source that delivers no frame for this long has stalled: stop with an error.
         first_frame_timeout: the same for the first frame (network streams probe before the first frame).
@@ -65,7 +68,7 @@ class StreamRunner:
     def __init__(self, source, backend, sinks=(), window: int = 1, queue_size: int = 1, duration: float | None = None,
                  audio_wait: float = 0.1, threshold: float = 0.0, render: bool = True, frame_timeout: float = 10.0,
                  first_frame_timeout: float = 30.0, warmup: bool = True, on_packet=None, hud: bool = True,
-                 isolated_runs: int = 0, plan: ThreadPlan | None = None):
+                 isolated_runs: int = 0, plan: ThreadPlan | None = None, sounding_threshold: float = 0.5):
         if window < 1:
             raise StreamError(f"--window must be >= 1; got {window}")
         if not backend.supports(window):
@@ -81,6 +84,9 @@ class StreamRunner:
         self.duration = duration
         self.audio_wait = float(audio_wait)
         self.threshold = float(threshold)
+        if not 0.0 <= float(sounding_threshold) <= 1.0:
+            raise StreamError(f"--sounding-threshold is a probability in [0, 1]; got {sounding_threshold}")
+        self.sounding_threshold = float(sounding_threshold)
         # the overlay is drawn only for sinks that show it (window, mp4); masks / report need none
         self.render = bool(render) and any(getattr(s, "needs_render", True) for s in self.sinks)
         self.hud = bool(hud)
@@ -109,7 +115,14 @@ class StreamRunner:
         self.discarded_at_stop = 0
         self.gt_frames = 0
         self.gt_iou_sum = 0.0
+        self.frames_sounding = 0
+        self.frames_nothing_sounding = 0
+        self.frames_sounding_empty_mask = 0
+        self.probability_sum = 0.0
+        self.area_sum = 0.0
+        self._stop_signal = None
         self._first_t = None
+        self._last_t = None
         self._t_start = None
         self._t_first_out = None
         self._t_last_out = None
@@ -243,6 +256,18 @@ class StreamRunner:
         frame = p.frame
         h, w = frame.image.shape[:2]
         p.mask = mask_from_logits(p.mask_logits, h, w, self.threshold)
+        # what the model decided: its sounding probability, the mask's area, and the "nothing sounding" state
+        p.probability = sounding_probability(p.score)
+        p.area = float(np.count_nonzero(p.mask)) / max(1, p.mask.size)
+        p.sounding = p.probability >= self.sounding_threshold
+        self.probability_sum += p.probability
+        self.area_sum += p.area
+        if not p.sounding:
+            self.frames_nothing_sounding += 1
+        elif p.area == 0.0:
+            self.frames_sounding_empty_mask += 1
+        else:
+            self.frames_sounding += 1
         if frame.gt is not None:
             gt = np.asarray(frame.gt).astype(bool)
             pred = p.mask if gt.shape == (h, w) else mask_from_logits(p.mask_logits, *gt.shape, self.threshold)
@@ -260,8 +285,9 @@ class StreamRunner:
                 e2e = [x * 1000 for x in self._recent_e2e]
                 hud = {"fps": fps, "latency_ms": e2e[-1] if e2e else None,
                        "latency_p90_ms": float(np.percentile(e2e, 90)) if len(e2e) >= 10 else None,
-                       "score": p.score, "dropped": self.dropped_total(), "backend": self.backend.name}
-            p.rendered = render_overlay(frame.image, p.mask, hud)
+                       "score": p.score, "area": p.area, "sounding_threshold": self.sounding_threshold,
+                       "dropped": self.dropped_total(), "backend": self.backend.name}
+            p.rendered = render_overlay(frame.image, p.mask if p.sounding else None, hud)
         p.stamps["rendered"] = now()
         for sink in self.sinks:
             sink.write(p)
@@ -288,6 +314,7 @@ class StreamRunner:
         e2e = s["done"] - t_cap
         lat.add("end_to_end", e2e)
         self.frames_out += 1
+        self._last_t = p.frame.t
         if self._t_first_out is None:
             self._t_first_out = s["done"]
         self._t_last_out = s["done"]
@@ -304,6 +331,17 @@ class StreamRunner:
 
     def dropped_total(self) -> int:
         return self._source_dropped() + self.q_infer.dropped + self.q_out.dropped
+
+    def progress(self) -> dict:
+        """A snapshot of the counters for a status line: call it from the output thread (``on_packet``), it
+        only reads what the output stage already keeps (no work for the capture / model threads)."""
+        fps = None
+        if len(self._recent_out) >= 2 and self._recent_out[-1] > self._recent_out[0]:
+            fps = (len(self._recent_out) - 1) / (self._recent_out[-1] - self._recent_out[0])
+        e2e = self._recent_e2e[-1] * 1000.0 if self._recent_e2e else None
+        return {"frames": self.frames_out, "windows_per_s": fps, "dropped": self.dropped_total(),
+                "latency_ms": e2e, "elapsed": None if self._t_start is None else now() - self._t_start,
+                "stream_t": None if self._first_t is None or self._last_t is None else self._last_t - self._first_t}
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -354,8 +392,11 @@ class StreamRunner:
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in (previous_handler or {}).items():
+                try:
+                    signal.signal(sig, handler)
+                except (ValueError, TypeError, OSError):
+                    pass
             self._shutdown(interrupted or self._sigint)
         return self.report()
 
@@ -374,22 +415,28 @@ class StreamRunner:
                 self.isolated_ms.append((now() - t0) * 1000.0)
 
     def _catch_sigint(self):
-        """In the main thread, the first Ctrl-C only raises a flag that the output loop checks between frames,
-        so the interrupt never lands inside an encoder or a queue; a second Ctrl-C interrupts at once.
-        Returns the previous handler (None where signals cannot be handled here)."""
+        """In the main thread, the first Ctrl-C (or SIGTERM) only raises a flag that the output loop checks
+        between frames, so the interrupt never lands inside an encoder or a queue; a second one interrupts at
+        once. The signal is reported (``stopped_by``: ``interrupt`` for Ctrl-C, ``terminated`` for SIGTERM).
+        Returns the previous handlers (None where signals cannot be handled here)."""
         self._sigint = False
         if threading.current_thread() is not threading.main_thread():
             return None
 
-        def on_sigint(signum, frame):
+        def on_signal(signum, frame):
             if self._sigint:
                 raise KeyboardInterrupt
+            if self._stop_signal is None:
+                self._stop_signal = signal.Signals(signum).name
             self._sigint = True
 
-        try:
-            return signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:
-            return None
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, on_signal)
+            except (ValueError, OSError):
+                pass
+        return previous or None
 
     def _shutdown(self, interrupted: bool) -> None:
         self._stop.set()
@@ -415,7 +462,7 @@ class StreamRunner:
         if self._stopped_by is None:
             self._stopped_by = "error" if self._error is not None else (self.source.end_reason or "end of input")
         if interrupted:
-            self._stopped_by = "interrupt"
+            self._stopped_by = "terminated" if self._stop_signal == "SIGTERM" else "interrupt"
 
     # ------------------------------------------------------------------------------------ report
     def report(self) -> dict:
@@ -434,6 +481,7 @@ class StreamRunner:
                  "output_queue": self.q_out.dropped}
         drops["total"] = sum(drops.values())
         env = environment(self.backend.versions())
+        decided = self.frames_sounding + self.frames_nothing_sounding + self.frames_sounding_empty_mask
         rep = {
             "autr_runtime": 1,
             "started_at": self.started_at,
@@ -459,6 +507,13 @@ class StreamRunner:
             "warmup_ms": self.warmup_ms,
             "latency_ms": self.latency.summary_ms(),
             "audio": audio,
+            "sounding": {"threshold": self.sounding_threshold, "mask_logit_threshold": self.threshold,
+                         "frames_sounding": self.frames_sounding,
+                         "frames_nothing_sounding": self.frames_nothing_sounding,
+                         "frames_sounding_empty_mask": self.frames_sounding_empty_mask,
+                         "mean_probability": None if not decided else round(self.probability_sum / decided, 4),
+                         "mean_mask_area": None if not decided else round(self.area_sum / decided, 4)},
+            "signal": self._stop_signal,
             "source_stats": self.source.stats(),
             "sinks": [s.describe() for s in self.sinks if hasattr(s, "describe")],
             "device": env["device"],

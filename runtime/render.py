@@ -1,14 +1,16 @@
 """Postprocess (mask logits -> a mask at the frame's size) and render (overlay + HUD) with OpenCV.
 
 The overlay uses the colours of ``autr eval --overlays`` (prediction in red, blended 0.45 / 0.55), with the
-mask's outline drawn on top, and a head-up display: output FPS, end-to-end latency (last and p90), the
-sounding score and the frames dropped so far.
+mask's outline drawn on top, and a head-up display: output FPS, end-to-end latency (last and p90), what the
+model decided -- its sounding probability and the mask's area, or "nothing sounding" when the probability is
+below the sounding threshold (``--sounding-threshold``, 0.5 by default; then no mask is painted) -- and the
+frames dropped so far.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mask_from_logits", "render_overlay", "PRED_COLOUR_RGB"]
+__all__ = ["mask_from_logits", "render_overlay", "sounding_probability", "hud_decision", "PRED_COLOUR_RGB"]
 
 PRED_COLOUR_RGB = (230, 0, 0)
 
@@ -32,11 +34,35 @@ def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(x, -60, 60))))
 
 
+def sounding_probability(score) -> float:
+    """The model's sounding score (a logit) as a probability; 0 when there is none (or it is not finite)."""
+    if score is None or not np.isfinite(score):
+        return 0.0
+    return _sigmoid(float(score))
+
+
+def hud_decision(score, area, threshold: float = 0.5) -> str:
+    """The HUD's line about what the model decided.
+
+    ``"sounding 0.93  mask 12.4%"``; ``"sounding 0.93  mask empty"`` (the score says something sounds, the
+    mask shows nothing); ``"nothing sounding (0.12 < 0.50)"`` below the threshold (no mask is painted).
+    """
+    p = sounding_probability(score)
+    if p < threshold:
+        return f"nothing sounding ({p:.2f} < {threshold:.2f})"
+    if area is None:
+        return f"sounding {p:.2f}"
+    if area <= 0.0:
+        return f"sounding {p:.2f}  mask empty"
+    return f"sounding {p:.2f}  mask {100.0 * area:.1f}%"
+
+
 def render_overlay(image_rgb: np.ndarray, mask: np.ndarray | None, hud: dict | None = None) -> np.ndarray:
     """BGR ``uint8`` picture: the frame with the mask tinted and outlined, and the HUD lines.
 
-    ``hud`` keys (all optional): ``fps``, ``latency_ms``, ``latency_p90_ms``, ``score`` (logit),
-    ``dropped``, ``backend``.
+    ``hud`` keys (all optional): ``fps``, ``latency_ms``, ``latency_p90_ms``, ``score`` (logit), ``area``
+    (the mask's share of the frame, 0..1), ``sounding_threshold`` (probability, default 0.5), ``dropped``,
+    ``backend``. The caller passes ``mask=None`` for a frame in the "nothing sounding" state.
     """
     cv2 = _cv2()
     out = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
@@ -58,9 +84,9 @@ def render_overlay(image_rgb: np.ndarray, mask: np.ndarray | None, hud: dict | N
             top.append(lat)
         if top:
             lines.append("  ".join(top))
-        bottom = []
         if hud.get("score") is not None:
-            bottom.append(f"sounding {_sigmoid(hud['score']):.2f}")
+            lines.append(hud_decision(hud["score"], hud.get("area"), hud.get("sounding_threshold", 0.5)))
+        bottom = []
         if hud.get("dropped") is not None:
             bottom.append(f"dropped {hud['dropped']}")
         if hud.get("backend"):

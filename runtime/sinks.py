@@ -256,7 +256,10 @@ def _nominal_fps(source):
 
 
 class MaskPngSink(Sink):
-    """``DIR/NNNNNN.png`` per frame (0 / 255, the frame's size) and ``DIR/masks.csv`` (index, time, score)."""
+    """``DIR/NNNNNN.png`` per frame (0 / 255, the frame's size: the model's mask at the logit threshold) and
+    ``DIR/masks.csv``: frame index, time, score (logit), sounding probability, ``sounding`` (1, or 0 for the
+    "nothing sounding" state: probability below ``--sounding-threshold``), the mask's area (share of the frame)
+    and the PNG's name."""
 
     name = "masks"
     needs_render = False
@@ -268,7 +271,7 @@ class MaskPngSink(Sink):
             self._csv = open(self.dir / "masks.csv", "w", encoding="utf-8")
         except OSError as exc:
             raise SinkError(f"cannot write masks into {self.dir}: {one_line(exc)}") from None
-        self._csv.write("frame,time_s,score,file\n")
+        self._csv.write("frame,time_s,score,probability,sounding,area,file\n")
         self.count = 0
         import cv2
 
@@ -279,7 +282,12 @@ class MaskPngSink(Sink):
         if not self._cv2.imwrite(str(self.dir / name), packet.mask.astype(np.uint8) * 255):
             raise SinkError(f"cannot write {self.dir / name}")
         score = "" if packet.score is None else f"{packet.score:.5f}"
-        self._csv.write(f"{packet.frame.index},{packet.frame.t:.6f},{score},{name}\n")
+        prob = getattr(packet, "probability", None)
+        sounding = getattr(packet, "sounding", None)
+        area = getattr(packet, "area", None)
+        self._csv.write(f"{packet.frame.index},{packet.frame.t:.6f},{score},"
+                        f"{'' if prob is None else f'{prob:.4f}'},{'' if sounding is None else int(sounding)},"
+                        f"{'' if area is None else f'{area:.5f}'},{name}\n")
         self.count += 1
 
     def close(self) -> None:

@@ -105,3 +105,18 @@ def test_eval_cli_json_and_errors(tmp_path):
     assert res.exit_code == 2 and "checkpoint not found" in res.output
     res = runner.invoke(main, ["eval", "--checkpoint", str(ckpt), "--data", str(tmp_path)])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_eval_on_an_empty_split_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    """`autr eval --data` on a dataset whose test split is empty raised a RuntimeError from
+    AVSBenchAccumulator.compute() after loading the model."""
+    generate(tmp_path, mode="s4", n_train=1, n_val=0, n_test=0, seed=0, size=SIZE, workers=1, progress=False)
+    import autr.checkpoint
+
+    monkeypatch.setattr(autr.checkpoint, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    res = CliRunner().invoke(main, ["eval", "--data", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "no s4 clips in its 'test' split" in res.output and "--test N" in res.output
+    assert "Traceback" not in res.output and res.output.count("\n") == 1
+    res = CliRunner().invoke(main, ["eval", "--synthetic", "--clips", "0", "--quiet"])
+    assert res.exit_code == 2 and "--clips must be >= 1" in res.output

@@ -57,6 +57,34 @@ def test_resume_continues_where_it_stopped(synth_root, tmp_path):
     with safe_open(str(tmp_path / "last.state.safetensors"), "pt") as f:
         steps = f.get_tensor("0.step")
     assert steps.item() == 4  # 2 epochs x 2 batches of 3 clips: the optimiser state came back
+    with pytest.raises(ValueError, match="already done 2 epoch"):  # nothing left to do is said, not done silently
+        train(cfg(synth_root, tmp_path, epochs=2, resume=True))
+
+
+def test_zero_epochs_are_refused_before_anything_loads(synth_root, tmp_path):
+    """`--epochs 0` exited 0 with "best validation mIoU -1.0000" and no checkpoint."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(synth_root), "--out", str(out), "--preset", "tiny",
+                                       "--epochs", "0", "--quiet"])
+    assert result.exit_code == 2 and "--epochs must be >= 1" in result.output and result.output.count("\n") == 1
+    assert not out.exists()
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train(cfg(synth_root, tmp_path / "lib", epochs=0))
+    result = CliRunner().invoke(main, ["train", "--data", str(synth_root), "--out", str(out), "--preset", "tiny",
+                                       "--batch-size", "0", "--quiet"])
+    assert result.exit_code == 2 and "--batch-size must be >= 1" in result.output
+
+
+def test_an_empty_validation_split_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    generate(root, mode="s4", n_train=1, n_val=0, n_test=0, seed=0, size=32, workers=1, progress=False)
+    import autr.training
+
+    monkeypatch.setattr(autr.training, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    result = CliRunner().invoke(main, ["train", "--data", str(root), "--out", str(tmp_path / "run"), "--preset",
+                                       "tiny", "--quiet"])
+    assert result.exit_code == 2 and "no s4 clips in its 'val' split" in result.output, result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
 
 
 def test_resume_without_a_run_is_one_clear_error(synth_root, tmp_path):

@@ -153,14 +153,20 @@ class Source:
 
     def emit(self, frame: Frame) -> bool:
         """Hand a frame to the pipeline. Live: drops the oldest queued frame if full. File: waits for room
-        (checking for stop). Returns False once the source is stopping."""
-        self._captured += 1
+        (checking for stop). Returns False once the source is stopping.
+
+        A frame counts as captured once it is in the queue: a file's decoder waiting for room holds a frame
+        that is neither queued nor dropped yet (the pipeline's ``captured = queued + ...`` bookkeeping at its
+        start relies on that)."""
         if self.frames.policy == "drop_oldest":
+            self._captured += 1
             self.frames.put(frame)
             return not self._stop.is_set()
         while not self._stop.is_set():
             try:
-                self.frames.put(frame, timeout=0.1)
+                if self.frames.put(frame, timeout=0.1) is frame:  # the queue was closed: the frame is not in it
+                    return False
+                self._captured += 1
                 return True
             except TimeoutError:
                 continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+from ..errors import DeviceError, StreamError
 from .base import Source
 
 __all__ = ["LiveSource"]
@@ -53,18 +54,39 @@ class LiveSource(Source):
     def start(self) -> "LiveSource":
         if self._started:
             return self
-        if self.mic is not None:
-            self.mic.start()
+        # the camera first: it is what the user named (--camera N); a missing camera is reported as such even
+        # where the microphone is missing too (then both are named), never blamed on the microphone
         try:
             self.video.start()
-        except BaseException:
-            if self.mic is not None:
-                self.mic.stop()
+        except DeviceError as exc:
+            also = self._mic_problem()
+            if also:
+                raise DeviceError(f"{exc}; and no microphone either: {also}") from None
             raise
+        if self.mic is not None:
+            try:
+                self.mic.start()
+            except BaseException:
+                self.video.stop()
+                raise
         self._started = True
         self._watch = threading.Thread(target=self._supervise, daemon=True, name="autr-live-watch")
         self._watch.start()
         return self
+
+    def _mic_problem(self) -> str | None:
+        """Why the microphone could not be opened either (checked without opening it), or None."""
+        if self.mic is None or not hasattr(self.mic, "_resolve"):
+            return None
+        try:
+            from .microphone import _sd
+
+            self.mic._resolve(_sd())
+        except StreamError as exc:
+            return str(exc)
+        except Exception:  # noqa: BLE001 - the check is a courtesy; the camera error stands on its own
+            return None
+        return None
 
     def _supervise(self) -> None:
         while not self._stop.wait(0.05):
