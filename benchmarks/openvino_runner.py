@@ -19,7 +19,6 @@ side (median of ``--iters`` calls after warm-up, for each ``--threads`` count).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -307,8 +306,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         ratio = r['ort_ms'] / r['openvino_ms']
         print(f"{r['threads']:>7} {r['ort_ms']:>9.2f} {r['openvino_ms']:>12.2f} {ratio:>8.2f}x")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        from .core import write_result
+
+        write_result(result, args.json)
     return 0
 
 

@@ -226,8 +226,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         print(format_table(results["single_threaded"], "single-threaded (" + "=".join(SINGLE_THREAD_ENV) + "=1)"))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        from .core import write_result
+
+        write_result(results, args.json)
     return 0
 
 
