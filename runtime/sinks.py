@@ -77,6 +77,9 @@ class DisplaySink(Sink):
             pass
 
 
+MP4_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers that hold H.264 + AAC
+
+
 class Mp4Sink(Sink):
     """H.264 mp4 of the rendered frames, with the stream's audio muxed back in sync (AAC).
 
@@ -116,6 +119,9 @@ class Mp4Sink(Sink):
         self._fifo = None
         self._size = None
         self._closed = False
+        if self.path.suffix.lower() not in MP4_SUFFIXES:
+            raise SinkError(f"cannot write {self.path}: the overlay video is H.264 with AAC sound; name it "
+                            f"{' / '.join(MP4_SUFFIXES)} (e.g. {self.path.with_suffix('.mp4')})")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab"):

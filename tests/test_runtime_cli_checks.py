@@ -277,3 +277,17 @@ def test_sounding_threshold_reaches_the_report(tmp_path, clip, onnx_model):
     assert data["sounding"]["threshold"] == 0.2 and data["sounding"]["mask_logit_threshold"] == 0.0
     assert data["sounding"]["mean_probability"] is not None
 
+
+
+def test_out_with_a_container_that_cannot_hold_h264_is_one_line_before_the_stream(onnx_model, tmp_path, monkeypatch):
+    """`--out x.webm` used to load the model, stream nothing and fail in the muxer; now one line up front,
+    and no empty file is left behind."""
+    import autr.runtime
+
+    opened = []
+    monkeypatch.setattr(autr.runtime, "open_backend", lambda *a, **k: opened.append(a))
+    target = tmp_path / "overlay.webm"
+    r = CliRunner().invoke(stream, ["--onnx", str(onnx_model), "--synthetic", "--no-display", "--duration", "1",
+                                    "--out", str(target)])
+    _one_line_exit_2(r, "overlay.mp4")
+    assert not target.exists() and not opened
