@@ -55,7 +55,7 @@ def run_demo(checkpoint="default", out="autr-demo", seconds: float = 10.0, fps: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = export_for_demo(checkpoint, out, log=log)
-    backend = open_backend("ort", model_dir, provider="cpu", threads=plan.intra_op, spinning=plan.spinning)
+    backend = open_backend("ort", model_dir, provider="cpu", threads=plan.intra_op, spinning=plan.spinning, frames=1)
     for notice in backend.notices:
         if log:
             log(notice)

@@ -494,7 +494,7 @@ def ort_row(export_dir: Path, sidecar: dict, precision: str, graph: str, t: int,
 
             try:
                 backend = open_backend("ort", export_dir, provider=provider, threads=plan.intra_op,
-                                       spinning=plan.spinning, graph=graph, precision=precision)
+                                       spinning=plan.spinning, graph=graph, precision=precision, frames=t)
             except BackendError as exc:  # BackendUnavailable too: no CUDA provider, no library, no such graph
                 return _skip(row, exc)
             samples, _ = _timed_calls(backend, frames, log_mel, warmup, iters)

@@ -98,7 +98,7 @@ def make_synth_media(path, seconds: float = 5.0, fps: int = 10, size=224, seed: 
     return path
 
 
-def _open(kind: str, artifact, plan, provider: str, device: str, model=None, size=None):
+def _open(kind: str, artifact, plan, provider: str, device: str, model=None, size=None, window: int = 1):
     from autr.runtime import open_backend
 
     threads = plan.intra_op
@@ -114,7 +114,8 @@ def _open(kind: str, artifact, plan, provider: str, device: str, model=None, siz
     if kind == "fake":
         return open_backend("fake", input_size=(size, size))
     if kind == "ort":
-        return open_backend("ort", artifact, provider=provider, threads=threads, spinning=plan.spinning)
+        return open_backend("ort", artifact, provider=provider, threads=threads, spinning=plan.spinning,
+                            frames=window)
     return open_backend("trt", artifact)
 
 
@@ -210,7 +211,7 @@ def run_stream_bench(backend: str = "ort", checkpoint=None, preset=None, onnx=No
             media = Path(input_file)
             input_desc = {"file": str(media)}
         try:
-            be = _open(backend, artifact, plan, provider, device, model, size)
+            be = _open(backend, artifact, plan, provider, device, model, size, window)
         except StreamError as exc:
             raise BenchError(str(exc)) from None
         runs = {}

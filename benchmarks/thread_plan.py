@@ -37,7 +37,7 @@ CANDIDATES = tuple(_candidates(2))
 def _one_run(model_dir: Path, plan, seconds: float, fps: float, seed: int, out: Path) -> dict:
     from autr.runtime import Mp4Sink, StreamRunner, SyntheticSource, open_backend
 
-    backend = open_backend("ort", model_dir, provider="cpu", threads=plan.intra_op, spinning=plan.spinning)
+    backend = open_backend("ort", model_dir, provider="cpu", threads=plan.intra_op, spinning=plan.spinning, frames=1)
     try:
         source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True)
         source.start()

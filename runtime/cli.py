@@ -329,8 +329,9 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                     _note(f"{problem}: running without a window (pass --no-display to silence this)")
                 else:
                     sinks.append(DisplaySink())
+            extra = {"frames": window} if kind == "ort" else {}  # a live stream's T: the session specialises to it
             backend = open_backend(kind, artifact, provider=provider, device=device, threads=plan.intra_op,
-                                   spinning=plan.spinning, precision=precision, graph=graph)
+                                   spinning=plan.spinning, precision=precision, graph=graph, **extra)
             for notice in getattr(backend, "notices", ()):
                 _note(notice)
             runner = StreamRunner(source, backend, sinks=sinks, window=window, queue_size=queue_size,

@@ -8,7 +8,7 @@ import pytest
 from autr.runtime import Mp4Sink, StreamRunner, SyntheticSource, open_backend
 from autr.runtime.backends.fake import FakeBackend
 from autr.runtime.threads import ThreadPlan, available_cores, limit_blas, plan_threads
-from test_runtime_helpers import make_tiny_onnx
+from test_runtime_helpers import TINY_SIZE, make_tiny_onnx
 
 
 def test_plan_uses_the_cores_this_process_may_run_on():
@@ -137,3 +137,24 @@ def test_fused_or_missing_graphs_are_refused_in_one_line(tmp_path):
     calls = []
     choose_graph(tmp_path, GRAPHS, "portable", "fp32", register=lambda: calls.append(1))
     assert calls == []  # the portable graph never loads the library
+
+
+def test_ort_session_specialised_to_the_streams_T(tmp_path):
+    """frames=W: the dynamic T axis becomes static for the session (ONNX Runtime's free-dimension override),
+    same outputs, and a clip of another T is refused in one line; a T outside the sidecar's range up front."""
+    from autr.runtime.errors import BackendError
+
+    path = make_tiny_onnx(tmp_path, t_range=(1, 8))
+    dynamic = open_backend("ort", path, threads=1)
+    static = open_backend("ort", path, threads=1, frames=2)
+    assert (dynamic.t_min, dynamic.t_max) == (1, 8) and (static.t_min, static.t_max) == (2, 2)
+    assert static.describe()["frames"] == "static T = 2"
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    log_mel = rng.standard_normal((2, 1, 96, 64)).astype(np.float32)
+    for a, b in zip(dynamic.infer(frames, log_mel), static.infer(frames, log_mel)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(BackendError, match="T"):
+        static.infer(frames[:1], log_mel[:1])
+    with pytest.raises(BackendError, match="1..8"):
+        open_backend("ort", path, threads=1, frames=9)

@@ -36,7 +36,7 @@ def backend_kind_for(artifact) -> str:
 def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
     """Open a backend. ``kind`` None picks it from the artifact (:func:`backend_kind_for`).
 
-    Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``, ``spinning``, ``graph``, ``precision``; torch -- ``device``, ``threads``;
+    Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``, ``spinning``, ``graph``, ``precision``, ``frames``; torch -- ``device``, ``threads``;
     trt -- ``plugin_library``, ``device`` (index); fake -- ``input_size``, ``delay``, ``t_max``.
     """
     kind = kind or backend_kind_for(artifact)
@@ -45,7 +45,7 @@ def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
 
         return OrtBackend(artifact, provider=options.get("provider", "cpu"), threads=options.get("threads"),
                           spinning=options.get("spinning"), graph=options.get("graph", "auto"),
-                          precision=options.get("precision", "fp32"))
+                          precision=options.get("precision", "fp32"), frames=options.get("frames"))
     if kind == "torch":
         from .torch_backend import TorchBackend
 
