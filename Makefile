@@ -20,7 +20,7 @@ ORT_OPS_LIB := $(PLUGIN_DIR)/libautr_ort_ops.so
 ORT_OPS_SRC := plugins/csrc/ms_deform_attn_problem.h plugins/csrc/ms_deform_attn_cpu.h plugins/csrc/ms_deform_attn_cpu.cpp plugins/ort/autr_ort_ops.cpp plugins/ort/exports.map \
                plugins/csrc/ms_deform_attn.h plugins/csrc/ms_deform_attn.cuh plugins/csrc/ms_deform_attn.cu plugins/build.py
 
-.PHONY: install system test test-slow demo presets plugins ort-headers ort-ops bench gpu-check clean
+.PHONY: install system test test-slow demo default-export presets plugins ort-headers ort-ops bench gpu-check clean
 
 install: system $(VENV)/.installed $(ORT_OPS_LIB)
 
@@ -38,6 +38,14 @@ $(VENV)/.installed: setup.py $(wildcard */__init__.py)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev,export,runtime]"
+	touch $(VENV)/.runtime $@
+
+# The lean set for `make demo`: the runtime and its CLI, no torch (setup.py's base install); the full install
+# above satisfies it too.
+$(VENV)/.runtime:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
 	touch $@
 
 # ONNX Runtime C API headers, skipped when $AUTR_ORT_INCLUDE, $(ORT_HEADERS) or /usr/include/onnxruntime has
@@ -82,9 +90,15 @@ test: install
 test-slow: install
 	$(PYTEST) -m slow -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
-# The main job on the embedded default: a live synthetic scene through ONNX Runtime (autr-demo/).
-demo: install
+# The main job on the embedded default: a live synthetic scene through ONNX Runtime (autr-demo/), from the
+# export shipped in the package; only the lean runtime set is installed (PyAV brings its own FFmpeg).
+demo: $(VENV)/.runtime
 	$(BIN)/autr demo
+
+# The shipped export of the embedded default (autr/assets/autr-small-synth-onnx), made from the shipped
+# checkpoint; tests/test_shipped_export.py fails when the two no longer match.
+default-export: $(VENV)/.installed
+	$(BIN)/autr export onnx --checkpoint default --fp16-weights --out autr/assets/autr-small-synth-onnx
 
 presets: install
 	$(BIN)/autr presets --measure

@@ -25,6 +25,12 @@ def packages():
 
 PACKAGES, PACKAGE_DIR = packages()
 
+RUNTIME = ["numpy>=1.24", "click>=8.1", "tqdm>=4.60", "onnxruntime>=1.17", "av>=12", "opencv-python-headless>=4.8",
+           "sounddevice>=0.4.6", "threadpoolctl>=3.1"]
+# `make install` pins torch==2.14.1 / torchvision==0.29.1 before these resolve
+TRAIN = ["torch>=2.4", "torchvision>=0.19", "timm>=1.0", "safetensors>=0.4", "matplotlib>=3.7", "pillow>=9"]
+EXPORT = ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"]
+
 setup(
     name="autr",
     version="0.1.0",
@@ -34,24 +40,17 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"autr": ["assets/*"], "autr.plugins": ["csrc/*", "csrc/emulation/*", "trt/*", "ort/*", "CMakeLists.txt",
+    package_data={"autr": ["assets/*", "assets/*/*"], "autr.plugins": ["csrc/*", "csrc/emulation/*", "trt/*", "ort/*", "CMakeLists.txt",
                                                           "README.md"]},
-    install_requires=[
-        "numpy>=1.24",
-        "click>=8.1",
-        "tqdm>=4.60",
-        "safetensors>=0.4",
-        "torch>=2.4",  # `make install` pins torch==2.14.1 / torchvision==0.29.1 before this runs
-        "torchvision>=0.19",
-        "timm>=1.0",
-        "matplotlib>=3.7",
-        "pillow>=9",
-    ],
+    # The base install is the streaming runtime and its CLI (`autr stream`, `autr demo` on the shipped export):
+    # no torch. Training, evaluation, export and the PyTorch backend come with the extras below; a command that
+    # needs one says which in one line (autr.cli.EXTRAS).
+    install_requires=RUNTIME,
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ninja>=1.11", "onnxruntime-extensions>=0.15"],
-        "export": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"],
-        "runtime": ["av>=12", "opencv-python-headless>=4.8", "sounddevice>=0.4.6", "onnxruntime>=1.17",
-                    "threadpoolctl>=3.1"],
+        "train": TRAIN,
+        "export": TRAIN + EXPORT,
+        "dev": TRAIN + EXPORT + ["pytest>=8", "pytest-timeout>=2.3", "ninja>=1.11", "onnxruntime-extensions>=0.15"],
+        "runtime": [],  # the base install (kept so that `pip install 'autr[runtime]'` still works)
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10", "pycuda>=2024.1"],
         # OpenVINO peer row of `autr bench model` (autr.benchmarks.openvino_runner); the version it was checked with

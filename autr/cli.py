@@ -13,8 +13,38 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+# What a command may find missing on the lean (runtime-only) install, and the extra that brings it (setup.py).
+EXTRAS = {"torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "matplotlib": "train",
+          "PIL": "train", "onnx": "export", "onnxscript": "export", "tensorrt": "trt", "pycuda": "trt",
+          "openvino": "openvino"}
+
+
+def missing_extra_message(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one line for a command that needs a package this install lacks (None: not one of ours)."""
+    root = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(root)
+    if extra is None:
+        return None
+    if command == "export" and extra == "train":
+        extra = "export"  # torch and onnx: the export extra brings both
+    return (f"`autr {command}` needs {root}, which this install does not have (the base install is the streaming "
+            f"runtime): pip install 'autr[{extra}]' (from a clone: pip install -e '.[{extra}]')")
+
+
 class _Commands(click.Group):
-    """A group whose commands from the other rooms (`export`, `stream`, `bench`) are imported only when used."""
+    """A group whose commands from the other rooms (`export`, `stream`, `bench`) are imported only when used.
+
+    A command that needs an optional package this install lacks (torch on the runtime-only install, say) ends
+    with one line naming the extra that brings it, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            message = missing_extra_message(ctx.invoked_subcommand or "", exc)
+            if message is None:
+                raise
+            _fail(message)
 
     ROOMS = {"export": ("autr.export.cli", "export"), "stream": ("autr.runtime.cli", "stream"),
              "bench": ("autr.benchmarks.cli", "bench")}
@@ -252,12 +282,11 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
 def demo(checkpoint, seconds, fps, seed, threads, out):
     """Stream a synthetic scene (a sounding object, silent distractors) through ONNX Runtime, live.
 
-    Exports the model to OUT/model/ on first use; writes OUT/demo.mp4 (overlay + audio) and
-    OUT/report.json (latency per stage, FPS, drops, IoU with the sounding object).
+    The default model runs from the export shipped with the package (no PyTorch needed); another checkpoint
+    is exported to OUT/model/ on first use. Writes OUT/demo.mp4 (overlay + audio) and OUT/report.json
+    (latency per stage, FPS, drops, IoU with the sounding object).
     """
-    from autr.checkpoint import CheckpointError
-    from autr.demo import run_demo, summarize
-    from autr.export.errors import ExportError
+    from autr.demo import DemoError, run_demo, summarize
     from autr.runtime.errors import StreamError
 
     if seconds <= 0 or fps <= 0:
@@ -269,7 +298,7 @@ def demo(checkpoint, seconds, fps, seed, threads, out):
     try:
         report = run_demo(checkpoint, out=out, seconds=seconds, fps=fps, seed=seed, threads=threads,
                           log=lambda m: click.echo(m, err=True))
-    except (CheckpointError, ExportError, StreamError) as exc:
+    except (DemoError, StreamError) as exc:
         _fail(str(exc))
     click.echo(summarize(report))
     if report.get("error"):

@@ -1,23 +1,77 @@
 """`autr demo`: the main job with no camera — a live synthetic scene through the streaming runtime.
 
-The checkpoint (the embedded default unless told otherwise) is exported to ONNX once, into
-`OUT/model/` (re-exported only when the checkpoint changes), and its portable graph runs in ONNX
+The embedded default runs from the export shipped inside the package (`autr/assets/autr-small-synth-onnx`,
+checked against the shipped checkpoint's sha256; nothing imports PyTorch); another checkpoint is exported to
+ONNX once, into `OUT/model/` (re-exported only when the checkpoint changes). The graph runs in ONNX
 Runtime on a real-time SynthAVS scene: a sounding object among silent, often larger and brighter,
 distractors. Writes `OUT/demo.mp4` (overlay + the scene's audio) and `OUT/report.json` (latency per
 stage, FPS, drops, and the mean IoU with the sounding object's ground truth), and returns a summary.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 EXPORT_DIR = "model"
+DEFAULT_CHECKPOINT_FILE = "autr-small-synth.safetensors"  # autr.checkpoint.DEFAULT_CHECKPOINT (that imports torch)
 ISOLATED_RUNS = 20  # backend calls timed alone before the scene starts (the in-pipeline comparison)
 
 
+class DemoError(Exception):
+    """The demo could not start (a missing checkpoint, a failed export); one line for the CLI."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_default(log=None) -> Path | None:
+    """The export shipped with the package when it was made from the shipped default checkpoint (same sha256);
+    None when this install has none or it is stale (then the demo exports the checkpoint itself)."""
+    from autr.runtime.backends import shipped_export
+    from autr.runtime.errors import BackendError
+
+    try:
+        target = shipped_export()
+        made_from = json.loads((target / "model.json").read_text()).get("checkpoint", {}).get("sha256")
+    except (BackendError, OSError, ValueError):
+        return None
+    checkpoint = Path(__file__).resolve().parent / "assets" / DEFAULT_CHECKPOINT_FILE
+    if checkpoint.is_file() and made_from != _sha256(checkpoint):
+        if log:
+            log(f"the shipped export {target.name} was not made from the shipped checkpoint (sha256 differs): "
+                "exporting the checkpoint instead (`make default-export` refreshes it)")
+        return None
+    return target
+
+
 def export_for_demo(checkpoint, out: Path, log=None) -> Path:
-    """`out/model/` holding a T = 1 export of `checkpoint` ("default", a file, or "untrained"); reused when
-    its sidecar names the same checkpoint (sha256) or the same untrained preset."""
+    """The export the demo runs: for "default", the one shipped with the package (see `shipped_default`);
+    otherwise `out/model/` holding a T = 1 export of `checkpoint` (a file, or "untrained"), reused when its
+    sidecar names the same checkpoint (sha256) or the same untrained preset. Raises DemoError."""
+    if checkpoint == "default":
+        shipped = shipped_default(log)
+        if shipped is not None:
+            return shipped
+    try:
+        return _export_for_demo(checkpoint, out, log)
+    except ModuleNotFoundError:
+        raise  # the CLI names the extra that brings it
+    except Exception as exc:
+        from autr.checkpoint import CheckpointError
+        from autr.export.errors import ExportError
+
+        if isinstance(exc, (CheckpointError, ExportError)):
+            raise DemoError(str(exc)) from None
+        raise
+
+
+def _export_for_demo(checkpoint, out: Path, log=None) -> Path:
     from autr.checkpoint import file_sha256, resolve_checkpoint
     from autr.export.onnx_export import export_onnx
 

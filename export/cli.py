@@ -52,11 +52,14 @@ def export():
 @click.option("--int8-method", default=None, help=f"Calibration: {', '.join(INT8_METHODS)} (default minmax).")
 @click.option("--int8-exclude", default=None, metavar="LIST",
               help=f"Leave in float32 (comma-separated): {', '.join(INT8_EXCLUDE)}.")
+@click.option("--fp16-weights", is_flag=True,
+              help="Store the float32 graphs' weights as float16 (half the files; float32 compute, checked for "
+                   "parity with PyTorch).")
 @click.option("--skip-check", is_flag=True,
               help="Skip the parity check against PyTorch (the fp16 and int8 errors are still measured).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def export_onnx_cmd(checkpoint, preset, seed, out, t_max, size, opset, fp16, int8, int8_clips, int8_method,
-                    int8_exclude, skip_check, quiet):
+                    int8_exclude, fp16_weights, skip_check, quiet):
     """Write DIR/model.plugin.onnx, DIR/model.portable.onnx and the sidecar DIR/model.json."""
     from autr.export.errors import ExportError
     from autr.export.onnx_export import export_onnx
@@ -64,7 +67,8 @@ def export_onnx_cmd(checkpoint, preset, seed, out, t_max, size, opset, fp16, int
     try:
         sidecar = export_onnx(out, checkpoint=checkpoint, preset=preset, seed=seed, size=size, frames=t_max,
                               opset=opset, fp16=fp16, int8=int8, int8_clips=int8_clips, int8_method=int8_method,
-                              int8_exclude=int8_exclude or (), check=not skip_check, log=_log(quiet))
+                              int8_exclude=int8_exclude or (), check=not skip_check, weights_fp16=fp16_weights,
+                              log=_log(quiet))
     except ExportError as exc:
         _fail(str(exc))
     click.echo(f"{'graph':<15} {'file':<26} {'MiB':>7} {'nodes (exported → final)':>25} {'MSDA':>5}")

@@ -339,9 +339,10 @@ def _graph_record(proto, path: Path, counts: dict, msda_count: int) -> dict:
 def export_onnx(out, checkpoint=None, preset: str | None = None, *, model=None, size: int | None = None,
                 frames: int | None = None, opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False,
                 int8_clips: int | None = None, int8_method: str | None = None, int8_exclude=(), seed: int = 0,
-                check: bool = True, log=None) -> dict:
+                check: bool = True, weights_fp16: bool = False, log=None) -> dict:
     """Export the plugin and portable graphs (and float16 variants with `fp16`, static int8 QDQ variants
-    with `int8`) into `out`.
+    with `int8`) into `out`. `weights_fp16` stores the float32 graphs' weights as float16 (half the size,
+    float32 compute: `graph.store_weights_float16`); the parity check then measures what that costs.
 
     Model source: `checkpoint` (a file or "default"), `preset` (untrained, `seed`), or an in-memory
     `model` (AuTR). int8: `int8_clips` SynthAVS calibration clips of 5 frames (default
@@ -375,7 +376,8 @@ def export_onnx(out, checkpoint=None, preset: str | None = None, *, model=None, 
     t_max = validate_frames(frames, cfg)
     out, tmp = prepare_out_dir(out)
     try:
-        sidecar = _export_into(tmp, model, cfg, source, size, t_max, opset, fp16, check, say, int8_opts)
+        sidecar = _export_into(tmp, model, cfg, source, size, t_max, opset, fp16, check, say, int8_opts,
+                               weights_fp16)
         sidecar["export_seconds"] = round(time.perf_counter() - started, 2)
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         publish(tmp, out)
@@ -386,7 +388,8 @@ def export_onnx(out, checkpoint=None, preset: str | None = None, *, model=None, 
     return sidecar
 
 
-def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check, say, int8_opts=None) -> dict:
+def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check, say, int8_opts=None,
+                 weights_fp16: bool = False) -> dict:
     import onnx
     import onnxruntime
     import onnxscript
@@ -452,9 +455,12 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
 
     records = {}
     for kind, (proto, name, cnt) in graphs.items():
+        stored16 = graph.store_weights_float16(proto) if weights_fp16 and kind in ("plugin", "portable") else 0
         path = tmp / name
         onnx.save(proto, str(path))
         records[kind] = _graph_record(proto, path, cnt, len(graph.msda_nodes(proto)))
+        if stored16:
+            records[kind]["weights"] = {"storage": "float16", "compute": "float32", "initializers": stored16}
         if kind.endswith("fp16"):
             records[kind]["precision"] = {
                 "float_tensors": fp16_mod.float_types(proto),

@@ -191,7 +191,9 @@ class _StatusLine:
 
 @click.command("stream", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--engine", type=click.Path(dir_okay=False), help="TensorRT engine (.engine + its sidecar JSON).")
-@click.option("--onnx", "onnx_path", type=click.Path(), help="Portable ONNX graph or export directory (+ model.json).")
+@click.option("--onnx", "onnx_path", type=click.Path(),
+              help="Portable ONNX graph, export directory (+ model.json), or 'default' (the export shipped with the "
+                   "package: no PyTorch needed).")
 @click.option("--checkpoint", help="Checkpoint (.safetensors) for the torch backend, or 'default'.")
 @click.option("--camera", type=int, help="Camera index (OpenCV); pairs with --mic.")
 @click.option("--mic", help="Microphone: PortAudio index or name substring (default input device if omitted).")
@@ -230,7 +232,7 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
     """Segment the sounding object live and measure latency.
 
     \b
-    Model (one):  --engine F | --onnx F | --checkpoint F|default
+    Model (one):  --engine F | --onnx F|default | --checkpoint F|default
     Input (one):  --camera N [--mic DEV] | --input FILE_OR_URL | --synthetic
     """
     if list_devices:
@@ -272,6 +274,14 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
     if threshold != threshold or abs(threshold) == float("inf"):
         _fail(f"--threshold must be a finite logit; got {threshold}")
     kind, artifact = models[0]
+    if kind == "ort" and artifact == "default":
+        from autr.runtime.backends import shipped_export
+        from autr.runtime.errors import BackendError
+
+        try:
+            artifact = str(shipped_export())
+        except BackendError as exc:
+            _fail(str(exc))
     if kind != "ort" and (precision != "fp32" or graph != "auto"):
         _fail("--precision and --graph choose among an ONNX export's graphs (--onnx DIR); an engine or a checkpoint "
               "has its own precision")

@@ -10,7 +10,22 @@ from pathlib import Path
 from ..errors import BackendError
 from .base import Backend
 
-__all__ = ["Backend", "open_backend", "backend_kind_for"]
+__all__ = ["Backend", "open_backend", "backend_kind_for", "shipped_export", "SHIPPED_EXPORT"]
+
+SHIPPED_EXPORT = "autr-small-synth-onnx"  # the embedded default's export, in the package (`make default-export`)
+
+
+def shipped_export() -> Path:
+    """The export of the embedded default model that ships inside the package (``--onnx default``): its
+    portable and plugin graphs (float16-stored weights, float32 compute) and sidecar. Raises BackendError with
+    what to do when this install has none."""
+    import autr
+
+    path = Path(autr.__file__).resolve().parent / "assets" / SHIPPED_EXPORT
+    if not (path / "model.json").is_file():
+        raise BackendError(f"this install has no shipped export ({path} is missing): in a clone, run `make "
+                           "default-export`; or export one yourself: autr export onnx --checkpoint default --out DIR")
+    return path
 
 
 def backend_kind_for(artifact) -> str:

@@ -26,10 +26,11 @@ class TorchBackend(Backend):
 
     def __init__(self, checkpoint="default", device: str = "cpu", threads: int | None = None):
         try:
+            import timm  # noqa: F401 - the model's visual backbones
             import torch
-        except ImportError:
-            raise BackendUnavailable("the torch backend needs PyTorch: pip install torch (or use --onnx / --engine)") \
-                from None
+        except ImportError as exc:
+            raise BackendUnavailable(f"the torch backend needs PyTorch and timm ({one_line(exc)}): pip install "
+                                     "'autr[train]', or run the shipped export: --onnx default") from None
         from autr.checkpoint import CheckpointError, load_model, resolve_checkpoint
 
         if device == "auto":
