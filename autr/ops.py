@@ -18,6 +18,7 @@ corners outside the map contribute zero (grid_sample, align_corners=False, zeros
 """
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -45,12 +46,11 @@ def _load_cuda_op():
 
             _cuda_op = ms_deform_attn_cuda
         except Exception as exc:  # build failures come in many types; all mean "use the reference"
-            warnings.warn(
-                f"MSDA CUDA extension unavailable ({exc}); using the grid_sample reference. "
-                "Build it with `python -m autr.plugins build` to speed up CUDA runs.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            reason = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the exception
+            message = (f"autr: MSDA CUDA extension unavailable ({reason}); using the grid_sample reference "
+                       "(`python -m autr.plugins build --torch` builds it)")
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            print(message, file=sys.stderr, flush=True)  # not quiet even where warnings are filtered
             _cuda_op = False
     return _cuda_op or None
 

@@ -313,9 +313,13 @@ def _build_plan(trt, onnx_file: Path, profile, input_size, workspace: int, timin
     builder = trt.Builder(logger)
     if builder is None:
         raise ExportError(f"TensorRT could not create a builder: {_errors(logger)}")
-    registry = builder.get_plugin_registry() if hasattr(builder, "get_plugin_registry") else trt.get_plugin_registry()
-    if registry.load_library(str(plugin)) is None:
-        raise ExportError(f"TensorRT could not load the plugin library {plugin}: {_errors(logger)}")
+    from autr.plugins import PluginError
+    from autr.plugins.trt_loader import load_plugin_library
+
+    try:  # once per process: TensorRT refuses to register the library a second time
+        load_plugin_library(trt, plugin, errors=lambda: logger.errors)
+    except PluginError as exc:
+        raise ExportError(str(exc)) from None
     flags, typing = _network_flags(trt)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)

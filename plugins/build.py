@@ -4,10 +4,11 @@ Only the standard library is used here (no torch): the runtime imports `library_
 `library_hash()` from this module.
 
 Artifacts:
-- ``ms_deform_attn.o``: the kernel compiled for sm_80/86/89/90 (+ compute_90 PTX), the compile check.
+- ``ms_deform_attn.o``: the kernel compiled for sm_80/86/89/90/100/120 (+ compute_120 PTX), the compile check.
 - ``libautr_trt_plugin.so``: kernel + TensorRT IPluginV3 ``AutrMSDeformAttn`` v1, exporting
   ``getCreators`` / ``setLoggerFinder``. Built with nvcc alone (no CMake, no TensorRT libraries: the
-  plugin only uses TensorRT's interface classes), CUDA runtime linked statically.
+  plugin only uses TensorRT's interface classes), CUDA runtime linked statically; ``<library>.json`` beside
+  it records the nvcc / CUDA version and archs (``toolkit.check_plugin_toolkit`` compares them at load time).
 
 Library lookup (``library_path()``), first hit wins:
 1. ``$AUTR_TRT_PLUGIN`` (path of the .so; an error if set but missing),
@@ -63,7 +64,11 @@ ORT_CUDA_LIBRARY_NAME = "libautr_ort_ops_cuda.so"
 ORT_EXPORTS = ("RegisterCustomOps", "AutrOrtOpsApiVersion", "AutrOrtOpsHasCuda", "AutrOrtOpsCpuIsa")
 ORT_HEADERS_DIRNAME = "ort-include"  # default_build_dir()/ort-include: where `make ort-headers` unpacks them
 
-DEFAULT_ARCHS: tuple[str, ...] = ("80", "86", "89", "90")
+# Ampere, Ada, Hopper and Blackwell (sm_100 data centre, sm_120 consumer / workstation; nvcc 12.8+), + PTX of
+# the newest for later GPUs. Defaults that the nvcc at hand does not know are left out with a note.
+DEFAULT_ARCHS: tuple[str, ...] = ("80", "86", "89", "90", "100", "120")
+BUILD_INFO_SUFFIX = ".json"  # libautr_trt_plugin.so.json: how the library was built (read by the loader)
+NVCC_THREADS_ENV = "AUTR_NVCC_THREADS"  # nvcc --threads (default 0: one per CPU core)
 
 PLUGIN_ENV = "AUTR_TRT_PLUGIN"  # explicit path of libautr_trt_plugin.so
 PLUGIN_DIR_ENV = "AUTR_PLUGIN_DIR"  # where builds go / are looked up
@@ -179,6 +184,35 @@ def nvcc_version(nvcc: str) -> str:
         return ""
     match = re.search(r"release (\d+\.\d+)", out)
     return match.group(1) if match else ""
+
+
+def nvcc_archs(nvcc: str) -> set[str] | None:
+    """{'75', '80', ...}: the real architectures `nvcc --list-gpu-arch` knows (None when it cannot say)."""
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = set(re.findall(r"compute_(\d+)", out))
+    return found or None
+
+
+def supported_archs(nvcc: str, archs, explicit: bool) -> tuple[tuple[str, ...], list[str]]:
+    """(archs this nvcc can build, notes). An explicit arch it does not know is a BuildError (one line); a
+    default one is left out with a note (e.g. sm_100 / sm_120 need nvcc 12.8+)."""
+    archs = parse_archs(archs)
+    known = nvcc_archs(nvcc)
+    if known is None:
+        return archs, []
+    missing = [a for a in archs if a not in known]
+    if missing and explicit:
+        raise BuildError(f"nvcc {nvcc_version(nvcc) or '?'} ({nvcc}) cannot build sm_{', sm_'.join(missing)} "
+                         f"(it knows sm_{', sm_'.join(sorted(known, key=int))}); use a newer CUDA toolkit or --arch")
+    kept = tuple(a for a in archs if a in known)
+    if not kept:
+        raise BuildError(f"nvcc {nvcc_version(nvcc) or '?'} ({nvcc}) knows none of sm_{', sm_'.join(archs)}")
+    notes = [f"nvcc {nvcc_version(nvcc) or '?'} cannot build sm_{', sm_'.join(missing)} (CUDA 12.8+ needed for "
+             "Blackwell): left out"] if missing else []
+    return kept, notes
 
 
 def parse_archs(archs: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -300,7 +334,30 @@ class BuildResult:
 
 
 def _common_nvcc_flags() -> list[str]:
-    return ["-std=c++17", "-O3", "--threads", "0", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-I", str(CSRC_DIR)]
+    threads = os.environ.get(NVCC_THREADS_ENV, "0").strip() or "0"
+    if not threads.isdigit():
+        raise BuildError(f"${NVCC_THREADS_ENV}={threads!r} must be a number of threads (0: one per core)")
+    return ["-std=c++17", "-O3", "--threads", threads, "-Xcompiler", "-fPIC,-fvisibility=hidden", "-I", str(CSRC_DIR)]
+
+
+def build_info_path(library: str | os.PathLike) -> Path:
+    """The JSON written beside a built library: nvcc / CUDA version, archs, TensorRT headers."""
+    return Path(str(library) + BUILD_INFO_SUFFIX)
+
+
+def write_build_info(library: Path, nvcc: str, archs, trt_headers: str | None) -> Path:
+    """Record how `library` was built (the loader compares its CUDA major with the driver's and TensorRT's)."""
+    import json
+
+    version = nvcc_version(nvcc)
+    info = {"library": library.name, "sha256": library_hash(library), "nvcc": nvcc, "cuda_version": version,
+            "cuda_major": int(version.split(".")[0]) if version else None, "cudart": "static",
+            "archs": [f"sm_{a}" for a in parse_archs(archs)], "tensorrt_headers": trt_headers}
+    path = build_info_path(library)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _kernel_command(nvcc: str, archs, output: Path) -> list:
@@ -359,6 +416,7 @@ def build_trt_plugin(
         )
         target = out / LIBRARY_NAME
         _atomic_move(tmp_lib, target)
+    write_build_info(target, nvcc, archs, trt_version(include))
     return target
 
 
@@ -371,10 +429,13 @@ def build_all(
     verbose: bool = False,
 ) -> BuildResult:
     """Kernel compile check, and the TensorRT plugin library when TensorRT headers are available."""
+    from .toolkit import build_time_notes
+
     nvcc = find_nvcc(nvcc)
-    archs = parse_archs(archs)
+    archs, notes = supported_archs(nvcc, archs, explicit=archs is not None)
     out = Path(out_dir) if out_dir is not None else default_build_dir()
-    result = BuildResult(out_dir=out, archs=archs, nvcc=nvcc, nvcc_version=nvcc_version(nvcc))
+    result = BuildResult(out_dir=out, archs=archs, nvcc=nvcc, nvcc_version=nvcc_version(nvcc), notes=notes)
+    result.notes += build_time_notes(result.nvcc_version)
     result.kernel_object = compile_kernel(out, archs, nvcc, verbose)
     if kernel_only:
         return result
@@ -545,7 +606,8 @@ def build_ort_ops(
         _atomic_move(tmp_lib, result.library)
         if nvcc_path:
             result.nvcc = nvcc_path
-            result.archs = parse_archs(archs)
+            result.archs, arch_notes = supported_archs(nvcc_path, archs, explicit=archs is not None)
+            result.notes += arch_notes
             kernel_obj = tmp_dir / KERNEL_OBJECT_NAME
             _run(_kernel_command(nvcc_path, result.archs, kernel_obj), verbose)
             cuda_ops_obj = tmp_dir / "autr_ort_ops_cuda.o"

@@ -10,9 +10,10 @@ inside a try/except is a complete availability test. `load_extension()` and `is_
 same explicitly.
 
 Semantics: DESIGN.md's MSDA contract. value / sampling_locations / attention_weights: float32,
-float16 or float64 CUDA tensors (locations and weights are cast to value's dtype); spatial_shapes
-and level_start_index: any integer tensors (int64 from PyTorch; converted to int32 for the kernel).
-Backward runs in float32 (float64 for float64 inputs); float16 inputs are upcast for it.
+float16, bfloat16 or float64 CUDA tensors (locations and weights are cast to value's dtype; float16 and
+bfloat16 accumulate in float32); spatial_shapes and level_start_index: int64 or int32 tensors, read by the
+kernel as they are (no conversion per call). Backward runs in float32 (float64 for float64 inputs);
+float16 / bfloat16 inputs are upcast for it.
 
 A prebuilt module `autr.plugins._C` (e.g. a CUDAExtension added to setup.py with sources
 csrc/torch_binding.cpp + csrc/ms_deform_attn.cu) is used instead of the JIT build when present.
@@ -40,8 +41,10 @@ __all__ = [
 EXTENSION_NAME = "autr_msda_ext"
 EXTENSION_SOURCES = (CSRC_DIR / "torch_binding.cpp", CSRC_DIR / "ms_deform_attn.cu")
 _DEPENDENCIES = (*EXTENSION_SOURCES, CSRC_DIR / "ms_deform_attn.h", CSRC_DIR / "ms_deform_attn.cuh")
-# Used when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset (e.g. building ahead of time).
-DEFAULT_TORCH_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
+# Used when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset (e.g. building ahead of time); Blackwell
+# (10.0, 12.0) where the CUDA toolkit has it (12.8+).
+DEFAULT_TORCH_ARCH_LIST = "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+PRE_BLACKWELL_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 
 _lock = threading.Lock()
 _extension = None
@@ -107,7 +110,21 @@ def _check_toolchain():
         )
     if not cpp_extension.is_ninja_available():
         raise PluginUnavailable("ninja is not installed (`pip install ninja`); torch.utils.cpp_extension needs it")
+    import torch
+
+    from .build import nvcc_version
+    from .toolkit import torch_problem
+
+    problem = torch_problem(torch.version.cuda, nvcc_version(str(nvcc)))
+    if problem:  # torch's builder would refuse it after a long traceback
+        raise PluginUnavailable(problem)
     return cpp_extension
+
+
+def _default_arch_list(nvcc_release: str) -> str:
+    major, _, minor = nvcc_release.partition(".")
+    new_enough = major.isdigit() and (int(major), int(minor or 0)) >= (12, 8)
+    return DEFAULT_TORCH_ARCH_LIST if new_enough else PRE_BLACKWELL_ARCH_LIST
 
 
 def build_extension(verbose: bool = False, build_dir: str | os.PathLike | None = None, arch_list: str | None = None):
@@ -128,7 +145,10 @@ def build_extension(verbose: bool = False, build_dir: str | os.PathLike | None =
     if arch_list is not None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     elif previous is None and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_TORCH_ARCH_LIST
+        from .build import nvcc_version
+
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(
+            nvcc_version(str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc")))
     try:
         return cpp_extension.load(
             name=EXTENSION_NAME,
@@ -140,8 +160,11 @@ def build_extension(verbose: bool = False, build_dir: str | os.PathLike | None =
             verbose=verbose,
         )
     except Exception as exc:
+        # one line (the compiler output is in the build directory / with verbose=True)
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise PluginUnavailable(
-            f"building the MSDA CUDA extension failed in {directory}: {type(exc).__name__}: {exc}"
+            f"building the MSDA CUDA extension failed in {directory}: {type(exc).__name__}: {first} "
+            "(rerun with `python -m autr.plugins build --torch --verbose` for the compiler output)"
         ) from exc
     finally:
         if previous is None:
@@ -233,7 +256,8 @@ def _get_function_class():
 
 
 def _ms_deform_attn_cuda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """MSDA on CUDA tensors with the compiled kernel; differentiable w.r.t. value, locations and weights."""
+    """MSDA on CUDA tensors with the compiled kernel; differentiable w.r.t. value, locations and weights.
+    Under autocast the inputs are cast to value's dtype (float16 / bfloat16 run natively, fp32 accumulation)."""
     load_extension()
     if not value.is_cuda:
         raise ValueError("ms_deform_attn_cuda needs CUDA tensors; use the grid_sample reference on CPU")
@@ -244,6 +268,17 @@ def _ms_deform_attn_cuda(value, spatial_shapes, level_start_index, sampling_loca
     return _get_function_class().apply(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
+
+
+def forward_variant(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                    impl: str = "kernel"):
+    """Forward only, for benchmarks: impl "kernel" (what ms_deform_attn_cuda runs), "generic" (the kernel
+    without its (L, P) specialisation) or "detr" (Deformable-DETR's one-thread-per-channel layout)."""
+    codes = {"kernel": 0, "generic": 1, "detr": 2}
+    if impl not in codes:
+        raise ValueError(f"impl must be one of {', '.join(codes)}, got {impl!r}")
+    return load_extension().forward(value, spatial_shapes, level_start_index, sampling_locations.to(value.dtype),
+                                    attention_weights.to(value.dtype), codes[impl])
 
 
 _ms_deform_attn_cuda.__name__ = "ms_deform_attn_cuda"

@@ -361,8 +361,10 @@ def test_gpu_check_without_cuda_exits_2_with_one_line(how, tmp_path):
 def test_gpu_check_targets_on_synthetic_numbers():
     from autr.benchmarks.gpu_check import TARGETS, check_targets, format_targets, result_path
 
-    good = {"msda_forward_fp32_max_error": 3e-7, "msda_forward_fp16_max_error": 4e-4, "msda_gradcheck": 1,
-            "msda_kernel_speedup_model": 12.0, "msda_kernel_speedup_detr": 7.5, "whole_model_speedup_small": 2.4,
+    good = {"msda_forward_fp32_max_error": 3e-7, "msda_forward_fp16_max_error": 4e-4,
+            "msda_forward_bf16_max_error": 4e-3, "msda_gradcheck": 1, "msda_bf16_autocast_backward": 1,
+            "msda_kernel_speedup_model": 12.0, "msda_kernel_speedup_detr": 7.5,
+            "msda_kernel_vs_detr_baseline_fp16": 1.8, "whole_model_speedup_small": 2.4,
             "whole_model_speedup_paper-r50": 3.1}
     res = check_targets(good)
     assert [t["name"] for t in res] == list(TARGETS) and all(t["passed"] for t in res)
@@ -378,6 +380,42 @@ def test_gpu_check_targets_on_synthetic_numbers():
     p = result_path(None, "NVIDIA H100 80GB HBM3", "2025-01-02T03:04:05+00:00")
     assert p.name == "gpu_nvidia-h100-80gb-hbm3_2025-01-02.json" and p.parent.name == "results"
     assert result_path("x/y.json", "gpu", "2025-01-02") == Path("x/y.json")
+
+
+def test_gpu_check_writes_the_readme_gpu_section(tmp_path):
+    """The README's GPU section is rendered from a result (synthetic rows here: the check itself needs a GPU)."""
+    from autr.benchmarks.gpu_check import (README_END, README_START, check_targets, render_gpu_section,
+                                           update_readme_section)
+
+    kernel = [{"case": "deformable-detr", "dtype": dt, "impl": impl, "median_ms": ms, "bandwidth_gbs": 100.0,
+               "speedup_vs_reference": round(2.0 / ms, 3), "speedup_vs_detr_baseline": round(0.5 / ms, 3)}
+              for dt in ("fp32", "bf16") for impl, ms in (("reference", 2.0), ("kernel", 0.1), ("detr", 0.5))]
+    row = lambda prec, var, t, p50, base=False: {"precision": prec, "variant": var, "frames": t, "status": "ok",  # noqa
+                                                 "latency_ms": {"p50": p50}, "throughput_fps": t / p50 * 1e3,
+                                                 "baseline": base}
+    rows = [row("fp32", "eager, msda=reference", 5, 40.0, True), row("bf16", "cuda-graph, msda=cuda", 5, 10.0)]
+    from autr.benchmarks import model_bench
+
+    model_bench.add_ratios(rows)
+    rows.append({"precision": "fp16", "variant": "eager, msda=cuda", "frames": 1, "status": "failed",
+                 "reason": "RuntimeError: boom"})
+    result = {"device_label": "NVIDIA H100 80GB HBM3", "date": "2026-12-01T00:00:00+00:00", "passed": False,
+              "command": "python -m autr.benchmarks.gpu_check", "seconds": 301.5, "settings": {"size": 224},
+              "targets": check_targets({"msda_gradcheck": 1}), "kernel": kernel, "whole_model": {"small": rows},
+              "errors": {}}
+    section = render_gpu_section(result, "benchmarks/results/gpu_x.json")
+    assert "| deformable-detr | bf16 | kernel | 0.1000 | 100.0 | 20.00x | 5.00x |" in section
+    assert "| bf16 | cuda-graph, msda=cuda | 5 | 10.00 | 500.0 | 4.00x |" in section
+    assert "| fp16 | eager, msda=cuda | 1 | failed: RuntimeError: boom | | |" in section
+    assert "| msda_gradcheck | 1 | == 1 | PASS |" in section and "Some targets FAILED" in section
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## GPU\n{README_START}\nstale rows\n{README_END}\ntail\n")
+    assert update_readme_section(readme, section)
+    text = readme.read_text()
+    assert "stale rows" not in text and text.endswith(f"{README_END}\ntail\n") and section in text
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# no markers\n")
+    assert not update_readme_section(plain, section) and plain.read_text() == "# no markers\n"
 
 
 def test_torch_runner_returns_the_models_masks_and_scores_on_cpu():

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from autr.export import trt as et
 from autr.export.cli import export as export_group
 from autr.export.errors import ExportError
+from trt_fakes import FakePluginRegistry
 
 SIZE = 64
 T_MAX = 2
@@ -73,10 +74,8 @@ def fake_tensorrt(calls: list, version: str = "10.9.0", strongly_typed_flag: boo
 
     trt.init_libnvinfer_plugins = init_plugins
 
-    class Registry:
-        def load_library(self, path):
-            calls.append(("load_library", path))
-            return object()
+    registry = FakePluginRegistry(calls)  # one per process, with the real registry's refusals
+    trt.get_plugin_registry = lambda: registry
 
     class Tensor:
         def __init__(self, name):
@@ -132,7 +131,7 @@ def fake_tensorrt(calls: list, version: str = "10.9.0", strongly_typed_flag: boo
             calls.append(("Builder",))
 
         def get_plugin_registry(self):
-            return Registry()
+            return registry
 
         def create_network(self, flags):
             calls.append(("create_network", flags))
@@ -415,7 +414,8 @@ def test_build_fp16_and_tensorrt_11(fake_env, work_dir):
     calls, install, _ = fake_env
     shutil.copy(work_dir / "model.plugin.onnx", work_dir / "model.plugin.fp16.onnx")
     et.build_engine(work_dir)
-    info = et.build_engine(work_dir, fp16=True)
+    info = et.build_engine(work_dir, fp16=True)  # a second build in this process: the plugin is not reloaded
+    assert _names(calls).count("load_library") == 1
     assert info["reasons"] == ["precision changed: fp32 -> fp16"]  # the same bytes here: precision alone
     assert ("parse_from_file", str(work_dir / "model.plugin.fp16.onnx")) in calls
     assert not any(c[0] == "set_flag" for c in calls)
@@ -483,3 +483,24 @@ def test_real_tensorrt_engine_build(export_dir, tmp_path):
     assert masks.shape == (1, SIZE, SIZE) and scores.shape == (1,) and np.isfinite(masks).all()
     be.close()
 
+
+
+def test_two_builds_and_a_run_in_one_process_load_the_plugin_once(fake_env, work_dir, tmp_path):
+    """TensorRT refuses to register a library twice: build, rebuild and open the engine in one process."""
+    import sys as _sys
+
+    from autr.plugins.trt_loader import load_plugin_library
+
+    calls, install, lib = fake_env
+    registry = _sys.modules["tensorrt"].get_plugin_registry()
+    et.build_engine(work_dir)
+    et.build_engine(work_dir, force=True)
+    assert _names(calls).count("load_library") == 1 and _names(calls).count("build_serialized_network") == 2
+    assert registry.load_library(str(lib.resolve())) is None  # what a second raw load would have got
+    handle = load_plugin_library(_sys.modules["tensorrt"], lib)  # the runtime's path: no new load either
+    assert handle is not None and _names(calls).count("load_library") == 2
+    other = tmp_path / "other" / "libautr_trt_plugin.so"
+    other.parent.mkdir()
+    other.write_bytes(b"another build of the plugin")
+    with pytest.raises(ExportError, match="already registered in this process.*one plugin library per process"):
+        et.build_engine(work_dir, force=True, plugin_library=other)

@@ -110,7 +110,7 @@ def test_cuda_dispatch_falls_back_with_one_warning(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the extension may load")
     monkeypatch.setattr(ops, "_cuda_op", None)
-    with pytest.warns(RuntimeWarning, match="python -m autr.plugins build") as record:
+    with pytest.warns(RuntimeWarning, match="python -m autr.plugins build --torch") as record:
         assert ops._load_cuda_op() is None
         assert ops._load_cuda_op() is None
     assert len(record) == 1
@@ -129,3 +129,24 @@ def test_cuda_dispatch_uses_the_extension_when_it_loads(monkeypatch):
     value, shapes, starts, loc, attn = random_inputs(dtype=torch.float32)
     torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, attn),
                                ms_deform_attn_reference(value, shapes, starts, loc, attn))
+
+
+def test_cuda_dispatch_fallback_is_one_line_on_stderr(monkeypatch, capsys):
+    """The reason the extension did not load (a multi-line compiler error, an nvcc / torch CUDA mismatch) is
+    one line on stderr as well as the warning, so it is seen even where warnings are filtered."""
+    import sys
+    import types
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("nvcc is CUDA 13.0 but this PyTorch is built for CUDA 12.8:\n  refuses\n  to mix")
+
+    monkeypatch.setitem(sys.modules, "autr.plugins.torch_op", Broken("autr.plugins.torch_op"))
+    monkeypatch.setattr(ops, "_cuda_op", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ops._load_cuda_op() is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autr: MSDA CUDA extension unavailable (nvcc is CUDA 13.0 but this PyTorch is built for CUDA "
+                   "12.8: refuses to mix); using the grid_sample reference (`python -m autr.plugins build --torch` "
+                   "builds it)"]

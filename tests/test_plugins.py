@@ -22,7 +22,7 @@ import autr.plugins as plugins
 from autr.plugins import build as plugin_build
 from autr.plugins.errors import BuildError, PluginLibraryNotFound, PluginUnavailable
 
-ARCHS = {"sm_80", "sm_86", "sm_89", "sm_90"}
+ARCHS = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"}
 
 
 def _nvcc_or_skip() -> str:
@@ -165,7 +165,7 @@ def test_trt_version_parsing(tmp_path):
 
 def test_arch_parsing_and_gencode():
     assert plugin_build.parse_archs("8.0, sm_86;89") == ("80", "86", "89")
-    assert plugin_build.parse_archs(None) == ("80", "86", "89", "90")
+    assert plugin_build.parse_archs(None) == ("80", "86", "89", "90", "100", "120")
     flags = plugin_build.gencode_flags(("80", "90"))
     assert flags == ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=[sm_90,compute_90]"]
     with pytest.raises(BuildError):
@@ -198,7 +198,7 @@ def test_kernel_compiles_for_all_archs(tmp_path):
     assert "kernel object" in proc.stdout
     found = plugins.fatbin_archs(obj)
     assert ARCHS <= found, found
-    assert "compute_90" in found  # PTX for GPUs newer than sm_90
+    assert "compute_120" in found  # PTX for GPUs newer than sm_120
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:  # cross-check the fatbin parser when the tool exists
         listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True).stdout
@@ -284,8 +284,11 @@ def emulated_kernel(tmp_path_factory):
     )
     lib = ctypes.CDLL(str(out))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.autr_msda_emu_forward.argtypes = [ctypes.c_int, ctypes.c_int, *[i64] * 7, *[ptr] * 6, ctypes.c_int32]
-    lib.autr_msda_emu_backward.argtypes = [ctypes.c_int, *[i64] * 7, *[ptr] * 9, ctypes.c_int32]
+    c_int = ctypes.c_int
+    lib.autr_msda_emu_forward.argtypes = [c_int, c_int, *[i64] * 7, *[ptr] * 6, ctypes.c_int32, c_int, c_int]
+    lib.autr_msda_emu_backward.argtypes = [c_int, *[i64] * 7, *[ptr] * 9, ctypes.c_int32, c_int]
+    lib.autr_msda_emu_baseline.argtypes = [c_int, *[i64] * 7, *[ptr] * 6, ctypes.c_int32, c_int]
+    lib.autr_msda_emu_is_specialised.argtypes = [i64, i64]
     return lib
 
 
@@ -301,35 +304,118 @@ def _dims(value, locations):
     return n, s, m, d, levels, points, lq
 
 
-_EMU_TYPES = {0: "float32", 1: "float16", 2: "float64"}
+_EMU_TYPES = {0: "float32", 1: "float16", 2: "float64", 3: "bfloat16"}
+# dtype code -> (vector widths, tolerance vs the reference on the same rounded inputs)
+_EMU_CASES = {0: ((1, 2, 4), 1e-5), 1: ((1, 2, 8), 1e-2), 2: ((1,), 1e-12), 3: ((1, 2, 8), 2e-2)}
+
+
+def _emu_arrays(torch, code, tensors):
+    """numpy arrays of `tensors` in dtype `code` (bfloat16 as its uint16 bit pattern) and the float64 tensors
+    they hold (the reference then sees the same rounded inputs)."""
+    import numpy as np
+
+    if code == 3:
+        bf = [t.to(torch.bfloat16).contiguous() for t in tensors]
+        return [b.view(torch.int16).numpy().copy() for b in bf], [b.double() for b in bf]
+    npdt = getattr(np, _EMU_TYPES[code])
+    arrays = [_np(t, npdt) for t in tensors]
+    return arrays, [torch.from_numpy(a.astype(np.float64)) for a in arrays]
+
+
+def _emu_result(torch, code, out):
+    import numpy as np
+
+    if code == 3:
+        return torch.from_numpy(out).view(torch.bfloat16).double()
+    return torch.from_numpy(out.astype(np.float64))
+
+
+def _emu_forward(lib, torch, code, vec, value, shapes, starts, loc, attn, wide=False, specialise=True, baseline=False,
+                 blocks=3):
+    import numpy as np
+
+    dims = _dims(value, loc)
+    arrays, exact = _emu_arrays(torch, code, (value, loc, attn))
+    idx = np.int64 if wide else np.int32
+    ss, st = _np(shapes, idx), _np(starts, idx)
+    shape = (dims[0], dims[6], dims[2] * dims[3])
+    out = np.zeros(shape, np.int16 if code == 3 else getattr(np, _EMU_TYPES[code]))
+    ptrs = (arrays[0].ctypes.data, ss.ctypes.data, st.ctypes.data, arrays[1].ctypes.data, arrays[2].ctypes.data,
+            out.ctypes.data)
+    if baseline:
+        rc = lib.autr_msda_emu_baseline(code, *dims, *ptrs, blocks, int(wide))
+    else:  # 3 blocks: exercises the grid-stride loop
+        rc = lib.autr_msda_emu_forward(code, vec, *dims, *ptrs, blocks, int(wide), int(specialise))
+    assert rc == 0
+    return _emu_result(torch, code, out), exact
 
 
 @pytest.mark.parametrize("d", [8, 6, 3, 40])
 def test_emulated_forward_matches_reference(emulated_kernel, d):
     torch = pytest.importorskip("torch")
-    np = pytest.importorskip("numpy")
-    value, shapes, starts, loc, attn = _problem(torch, d=d)
-    expected = msda_reference(value, shapes, starts, loc, attn)
-    dims = _dims(value, loc)
-    for code, vecs, tol in ((0, (1, 2, 4), 1e-5), (1, (1, 2, 8), 1e-2), (2, (1,), 1e-12)):
-        npdt = getattr(np, _EMU_TYPES[code])
-        arrays = [_np(t, npdt) for t in (value, loc, attn)]
-        ref = expected
-        if code == 1:  # compare fp16 with the reference on the same (rounded) inputs
-            ref = msda_reference(*(torch.from_numpy(a.astype(np.float64)) for a in arrays[:1]), shapes, starts,
-                                 *(torch.from_numpy(a.astype(np.float64)) for a in arrays[1:]))
-        ss, st = _np(shapes, np.int32), _np(starts, np.int32)
+    pytest.importorskip("numpy")
+    value, shapes, starts, loc, attn = _problem(torch, d=d)  # L = 3, P = 4: AuTR's specialisation
+    assert emulated_kernel.autr_msda_emu_is_specialised(3, 4) == 1
+    for code, (vecs, tol) in _EMU_CASES.items():
         for vec in vecs:
             if d % vec:
                 continue
-            out = np.zeros((dims[0], dims[6], dims[2] * d), npdt)
-            rc = emulated_kernel.autr_msda_emu_forward(
-                code, vec, *dims, arrays[0].ctypes.data, ss.ctypes.data, st.ctypes.data, arrays[1].ctypes.data,
-                arrays[2].ctypes.data, out.ctypes.data, 3,  # 3 blocks: exercises the grid-stride loop
-            )
-            assert rc == 0
-            err = _rel_err(torch.from_numpy(out.astype(np.float64)), ref)
-            assert err <= tol, (_EMU_TYPES[code], vec, err)
+            for wide, specialise in ((False, True), (True, True), (False, False)):
+                out, exact = _emu_forward(emulated_kernel, torch, code, vec, value, shapes, starts, loc, attn,
+                                          wide=wide, specialise=specialise)
+                err = _rel_err(out, msda_reference(exact[0], shapes, starts, *exact[1:]))
+                assert err <= tol, (_EMU_TYPES[code], vec, wide, specialise, err)
+
+
+@pytest.mark.parametrize("levels,points", [((3, 2)), ((4, 4)), ((2, 3)), ((1, 1))])
+def test_emulated_specialisations_match_reference(emulated_kernel, levels, points):
+    """Every compiled (L, P) (AuTR 3x4 above, tiny 3x2, Deformable-DETR 4x4) and the generic kernel for
+    others, at every vector width, against the reference."""
+    torch = pytest.importorskip("torch")
+    shapes = ((6, 5), (3, 4), (2, 2), (1, 3))[:levels]
+    value, ss, st, loc, attn = _problem(torch, d=8, lq=5, points=points, shapes=shapes)
+    expected = emulated_kernel.autr_msda_emu_is_specialised(levels, points)
+    assert expected == int((levels, points) in ((3, 2), (4, 4)))
+    for code, (vecs, tol) in _EMU_CASES.items():
+        for vec in vecs:
+            out, exact = _emu_forward(emulated_kernel, torch, code, vec, value, ss, st, loc, attn)
+            assert _rel_err(out, msda_reference(exact[0], ss, st, *exact[1:])) <= tol, (_EMU_TYPES[code], vec)
+
+
+@pytest.mark.parametrize("code", [0, 1, 3])
+def test_emulated_detr_baseline_matches_reference(emulated_kernel, code):
+    torch = pytest.importorskip("torch")
+    value, shapes, starts, loc, attn = _problem(torch, d=6, lq=9)
+    out, exact = _emu_forward(emulated_kernel, torch, code, 1, value, shapes, starts, loc, attn, baseline=True,
+                              blocks=1)  # 1024 threads < N*Lq*M*D: the grid-stride loop runs
+    assert _rel_err(out, msda_reference(exact[0], shapes, starts, *exact[1:])) <= _EMU_CASES[code][1]
+
+
+def test_emulated_kernel_skips_levels_that_do_not_fit(emulated_kernel):
+    """Index values that do not fit S (as TensorRT's synthetic timing inputs may be) are never read through:
+    such a level contributes zero, the others stay exact."""
+    torch = pytest.importorskip("torch")
+    value, shapes, starts, loc, attn = _problem(torch, d=4, lq=6)
+    s = value.shape[1]
+    keep = msda_reference(value, shapes[:1], starts[:1], loc[:, :, :, :1], attn[:, :, :, :1])
+    for bad_shapes, bad_starts in (([[6, 5], [3, 4], [1, 10 ** 6]], [0, 30, 42]),  # level 2 too large
+                                   ([[6, 5], [3, 4], [1, 2]], [0, -7, s - 1]),       # negative / overrunning start
+                                   ([[6, 5], [0, 4], [-1, 2]], [0, 30, 42]),         # empty / negative size
+                                   ([[6, 5], [2 ** 31 - 1, 2 ** 31 - 1], [1, 2]], [0, 30, 2 ** 40])):
+        bs, bt = torch.tensor(bad_shapes), torch.tensor(bad_starts)
+        for wide in (True, False):
+            if not wide and int(bt.abs().max()) >= 2 ** 31:
+                continue
+            valid = [l for l in range(3) if 0 < bs[l, 0] and 0 < bs[l, 1] and 0 <= bt[l]
+                     and int(bt[l]) + int(bs[l, 0]) * int(bs[l, 1]) <= s]
+            want = sum(msda_reference(value, shapes[l:l + 1], starts[l:l + 1], loc[:, :, :, l:l + 1],
+                                      attn[:, :, :, l:l + 1]) for l in valid) if valid else torch.zeros_like(keep)
+            if valid == [0]:
+                torch.testing.assert_close(want, keep)
+            for vec, specialise in ((1, False), (4, True)):
+                out, _ = _emu_forward(emulated_kernel, torch, 2 if vec == 1 else 0, vec, value, bs, bt, loc, attn,
+                                      wide=wide, specialise=specialise)
+                assert _rel_err(out, want) <= 1e-5, (bad_shapes, bad_starts, wide, vec)
 
 
 @pytest.mark.parametrize("code,d", [(2, 6), (2, 40), (0, 8)])
@@ -348,7 +434,7 @@ def test_emulated_backward_matches_autograd(emulated_kernel, code, d):
     grads = [np.full(a.shape, 7, npdt) for a in (v, sl, aw)]  # garbage: the kernel must overwrite
     rc = emulated_kernel.autr_msda_emu_backward(
         code, *_dims(value, loc), v.ctypes.data, ss.ctypes.data, st.ctypes.data, sl.ctypes.data, aw.ctypes.data,
-        go.ctypes.data, *(g.ctypes.data for g in grads), 1,  # one block of 8 warps: grid-stride over warps
+        go.ctypes.data, *(g.ctypes.data for g in grads), 1, 0,  # one block of 8 warps: grid-stride over warps
     )
     assert rc == 0
     tol = 1e-12 if code == 2 else 1e-5
@@ -468,3 +554,99 @@ def test_gpu_backward_matches_reference(dtype_name, tol):
     for got, ref in zip(leaves, ref_leaves):
         assert got.grad.dtype == dtype
         assert _rel_err(got.grad, ref.grad) <= tol
+
+
+# ----------------------------------------------------------------------------------------- toolkit checks
+
+
+def _fake_nvcc(tmp_path, release: str, archs=("75", "80", "86", "89", "90")) -> Path:
+    """An nvcc that answers --version and --list-gpu-arch as an older toolkit does (this machine has one nvcc)."""
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True, exist_ok=True)
+    listing = "\\n".join(f"compute_{a}" for a in archs)
+    nvcc.write_text(f"#!/bin/sh\ncase \"$1\" in\n  --version) echo 'Cuda compilation tools, release {release}, "
+                    f"V{release}.1';;\n  --list-gpu-arch) printf '{listing}\\n';;\n  *) exit 1;;\nesac\n")
+    nvcc.chmod(0o755)
+    return nvcc
+
+
+def test_default_archs_include_blackwell_and_old_nvcc_leaves_them_out(tmp_path):
+    assert plugin_build.DEFAULT_ARCHS[-2:] == ("100", "120")
+    old = str(_fake_nvcc(tmp_path, "12.4"))
+    archs, notes = plugin_build.supported_archs(old, None, explicit=False)
+    assert archs == ("80", "86", "89", "90") and len(notes) == 1 and "sm_100, sm_120" in notes[0]
+    with pytest.raises(BuildError, match=r"nvcc 12.4 .* cannot build sm_120 .*newer CUDA toolkit") as info:
+        plugin_build.supported_archs(old, "90,120", explicit=True)
+    assert "\n" not in str(info.value)
+
+
+def test_toolkit_mismatches_are_one_line():
+    from autr.plugins import toolkit
+
+    line = toolkit.driver_problem("13.0", "libautr_trt_plugin.so", driver=(12, 4))
+    assert "CUDA 13.0 runtime" in line and "r580+" in line and "supports CUDA 12.4" in line and "\n" not in line
+    assert toolkit.driver_problem("13.0", "x", driver=(13, 1)) is None
+    line = toolkit.tensorrt_problem("13.0", "libautr_trt_plugin.so", trt_major=12)
+    assert "TensorRT is built for CUDA 12" in line and "tensorrt-cu13" in line and "\n" not in line
+    assert toolkit.tensorrt_problem("13.0", "x", trt_major=13) is None
+    line = toolkit.torch_problem("12.8", "13.0")
+    assert "PyTorch is built for CUDA 12.8" in line and "refuses" in line and "\n" not in line
+    assert toolkit.torch_problem("13.0", "13.0") is None and toolkit.torch_problem(None, "13.0") is None
+
+
+def test_plugin_loader_refuses_a_library_the_driver_cannot_run(tmp_path, monkeypatch):
+    from autr.plugins import toolkit
+    from autr.plugins.trt_loader import load_plugin_library
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from trt_fakes import FakePluginRegistry
+
+    lib = tmp_path / plugin_build.LIBRARY_NAME
+    lib.write_bytes(b"plugin")
+    plugin_build.write_build_info(lib, str(_fake_nvcc(tmp_path, "13.0")), "90", "11.1.0")
+    assert toolkit.read_build_info(lib)["cuda_major"] == 13
+    monkeypatch.setattr(toolkit, "driver_cuda_version", lambda: (12, 8))
+    monkeypatch.setattr(toolkit, "tensorrt_cuda_major", lambda: None)
+    registry = FakePluginRegistry()
+    with pytest.raises(plugins.PluginError, match="needs an NVIDIA driver r580\\+") as info:
+        load_plugin_library(None, lib, registry=registry)
+    assert "\n" not in str(info.value) and ("load_library", str(lib.resolve())) not in registry.calls
+    monkeypatch.setattr(toolkit, "driver_cuda_version", lambda: (13, 0))
+    monkeypatch.setattr(toolkit, "tensorrt_cuda_major", lambda: 12)
+    with pytest.raises(plugins.PluginError, match="installed TensorRT is built for CUDA 12"):
+        load_plugin_library(None, lib, registry=registry)
+    monkeypatch.setattr(toolkit, "tensorrt_cuda_major", lambda: 13)
+    handle = load_plugin_library(None, lib, registry=registry)
+    assert handle is not None and load_plugin_library(None, lib, registry=registry) is handle
+    copy = tmp_path / "copy.so"  # the same build under another name: already registered, fine
+    copy.write_bytes(lib.read_bytes())
+    assert load_plugin_library(None, copy, registry=registry) is handle
+    assert [c[0] for c in registry.calls].count("load_library") == 1
+    from autr.plugins import trt_loader
+
+    monkeypatch.setattr(trt_loader, "_loaded", {})  # a new process ...
+    fresh = FakePluginRegistry()  # ... where someone else registered it (trtexec --dynamicPlugins): nothing to load
+    fresh.load_library(str(copy))
+    assert load_plugin_library(None, lib, registry=fresh) is None
+    missing = FakePluginRegistry()
+    with pytest.raises(plugins.PluginError, match="could not load the plugin library .*: no such file"):
+        load_plugin_library(None, tmp_path / "gone.so", registry=missing, errors=lambda: ["no such file"])
+
+
+def test_torch_extension_refuses_an_nvcc_of_another_cuda_major(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("CPU-only PyTorch: the extension is refused before nvcc is looked at")
+    from torch.utils import cpp_extension
+
+    from autr.plugins import torch_op
+
+    other = "12.4" if not torch.version.cuda.startswith("12") else "13.0"
+    nvcc = _fake_nvcc(tmp_path / "cuda", other)
+    (tmp_path / "cuda" / "include").mkdir()
+    (tmp_path / "cuda" / "include" / "cuda_runtime_api.h").write_text("")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(nvcc.parent.parent))
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    with pytest.raises(PluginUnavailable, match=f"nvcc is CUDA {other} but this PyTorch is built for CUDA") as info:
+        torch_op._check_toolchain()
+    assert "\n" not in str(info.value)

@@ -382,7 +382,10 @@ def test_trt_backend_plumbing_with_a_fake_tensorrt_and_pycuda(tmp_path, monkeypa
     trt.init_libnvinfer_plugins = lambda logger, ns: True
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.nptype = lambda dt: np.float32
-    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=lambda p: object())
+    from trt_fakes import FakePluginRegistry
+
+    registry = FakePluginRegistry()  # refuses a second load_library of the library, as TensorRT does
+    trt.get_plugin_registry = lambda: registry
 
     class Context:
         def __init__(self):
@@ -452,6 +455,9 @@ def test_trt_backend_plumbing_with_a_fake_tensorrt_and_pycuda(tmp_path, monkeypa
     with pytest.raises(BackendError, match="outside"):
         be.infer(np.zeros((5, 3, size, size), np.float32), np.zeros((5, 1, 96, 64), np.float32))
     be.close()
+    again = TrtBackend(engine, plugin_library=lib)  # a second open in this process (plugin registered once)
+    assert [c[0] for c in registry.calls].count("load_library") == 1 and again.t_max == 4
+    again.close()
     side["plugin_library_hash"] = "beef" * 16
     (tmp_path / "model.engine.json").write_text(json.dumps(side))
     with pytest.raises(SidecarError, match="plugin library"):

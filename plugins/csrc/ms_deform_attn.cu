@@ -1,5 +1,5 @@
 // AuTR multi-scale deformable attention (MSDA): launchers and the only instantiation of the kernels.
-// Compiled into both the PyTorch extension and libautr_trt_plugin.so.
+// Compiled into the PyTorch extension, libautr_trt_plugin.so and libautr_ort_ops_cuda.so.
 #include "ms_deform_attn.cuh"
 #include "ms_deform_attn.h"
 
@@ -60,56 +60,88 @@ int32_t blocksFor(int64_t threads)
     return static_cast<int32_t>(blocks < 1 ? 1 : blocks);
 }
 
-template <typename T, int VEC>
-cudaError_t launchForward(Problem const& p, T const* value, int32_t const* shapes, int32_t const* starts,
-    T const* loc, T const* attn, T* out, cudaStream_t stream)
+struct Args
 {
+    Problem const& p;
+    void const* value;
+    void const* shapes;
+    void const* starts;
+    bool wide;
+    void const* loc;
+    void const* attn;
+    void* out;
+    cudaStream_t stream;
+};
+
+template <typename T, int VEC>
+cudaError_t launchForward(Args const& a, bool specialise)
+{
+    Problem const& p = a.p;
     int64_t const total = p.N * p.Lq * p.M * (p.D / VEC);
     if (total == 0)
     {
         return cudaSuccess;
     }
-    detail::msdaForwardKernel<T, VEC><<<blocksFor(total), detail::kBlockThreads, 0, stream>>>(value, shapes, starts,
-        loc, attn, out, static_cast<int32_t>(total), static_cast<int32_t>(p.Lq), static_cast<int32_t>(p.S),
-        static_cast<int32_t>(p.M), static_cast<int32_t>(p.D), static_cast<int32_t>(p.L), static_cast<int32_t>(p.P));
-    return cudaGetLastError();
+    return detail::dispatchLevelsPoints(p.L, p.P, specialise, [&](auto ls, auto ps) {
+        detail::msdaForwardKernel<T, VEC, decltype(ls)::value, decltype(ps)::value>
+            <<<blocksFor(total), detail::kBlockThreads, 0, a.stream>>>(static_cast<T const*>(a.value), a.shapes,
+                a.starts, a.wide, static_cast<T const*>(a.loc), static_cast<T const*>(a.attn), static_cast<T*>(a.out),
+                static_cast<int32_t>(total), static_cast<int32_t>(p.Lq), static_cast<int32_t>(p.S),
+                static_cast<int32_t>(p.M), static_cast<int32_t>(p.D), static_cast<int32_t>(p.L),
+                static_cast<int32_t>(p.P));
+        return cudaGetLastError();
+    });
 }
 
 template <typename T>
-cudaError_t forwardTyped(Problem const& p, void const* value, int32_t const* shapes, int32_t const* starts,
-    void const* loc, void const* attn, void* out, cudaStream_t stream)
+cudaError_t forwardTyped(Args const& a, bool specialise)
 {
-    auto const* v = static_cast<T const*>(value);
-    auto const* sl = static_cast<T const*>(loc);
-    auto const* aw = static_cast<T const*>(attn);
-    auto* o = static_cast<T*>(out);
-    switch (pickVectorWidth<T>(p.D, value, out))
+    switch (pickVectorWidth<T>(a.p.D, a.value, a.out))
     {
     case 8:
         if constexpr (sizeof(T) == 2)
         {
-            return launchForward<T, 8>(p, v, shapes, starts, sl, aw, o, stream);
+            return launchForward<T, 8>(a, specialise);
         }
         break;
     case 4:
         if constexpr (sizeof(T) == 4)
         {
-            return launchForward<T, 4>(p, v, shapes, starts, sl, aw, o, stream);
+            return launchForward<T, 4>(a, specialise);
         }
         break;
     case 2:
         if constexpr (sizeof(T) <= 4)
         {
-            return launchForward<T, 2>(p, v, shapes, starts, sl, aw, o, stream);
+            return launchForward<T, 2>(a, specialise);
         }
         break;
     default: break;
     }
-    return launchForward<T, 1>(p, v, shapes, starts, sl, aw, o, stream);
+    // fp64 runs only the generic kernel (gradcheck and tests; no speed to gain there)
+    return launchForward<T, 1>(a, specialise && sizeof(T) < 8);
 }
 
 template <typename T>
-cudaError_t backwardTyped(Problem const& p, void const* value, int32_t const* shapes, int32_t const* starts,
+cudaError_t baselineTyped(Args const& a)
+{
+    Problem const& p = a.p;
+    int64_t const total = p.N * p.Lq * p.M * p.D;
+    if (total == 0)
+    {
+        return cudaSuccess;
+    }
+    int64_t const blocks = (total + detail::kBaselineBlockThreads - 1) / detail::kBaselineBlockThreads;
+    detail::msdaForwardBaselineKernel<T><<<static_cast<int32_t>(blocks), detail::kBaselineBlockThreads, 0, a.stream>>>(
+        static_cast<T const*>(a.value), a.shapes, a.starts, a.wide, static_cast<T const*>(a.loc),
+        static_cast<T const*>(a.attn), static_cast<T*>(a.out), static_cast<int32_t>(total),
+        static_cast<int32_t>(p.Lq), static_cast<int32_t>(p.S), static_cast<int32_t>(p.M), static_cast<int32_t>(p.D),
+        static_cast<int32_t>(p.L), static_cast<int32_t>(p.P));
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t backwardTyped(Problem const& p, void const* value, void const* shapes, void const* starts, bool wide,
     void const* loc, void const* attn, void const* gradOut, void* gradValue, void* gradLoc, void* gradAttn,
     cudaStream_t stream)
 {
@@ -124,58 +156,99 @@ cudaError_t backwardTyped(Problem const& p, void const* value, int32_t const* sh
         return cudaSuccess;
     }
     detail::msdaBackwardKernel<T><<<blocksFor(warps * 32), detail::kBlockThreads, 0, stream>>>(
-        static_cast<T const*>(value), shapes, starts, static_cast<T const*>(loc), static_cast<T const*>(attn),
+        static_cast<T const*>(value), shapes, starts, wide, static_cast<T const*>(loc), static_cast<T const*>(attn),
         static_cast<T const*>(gradOut), static_cast<T*>(gradValue), static_cast<T*>(gradLoc),
         static_cast<T*>(gradAttn), static_cast<int32_t>(warps), static_cast<int32_t>(p.Lq), static_cast<int32_t>(p.S),
         static_cast<int32_t>(p.M), static_cast<int32_t>(p.D), static_cast<int32_t>(p.L), static_cast<int32_t>(p.P));
     return cudaGetLastError();
 }
 
-} // namespace
-
-cudaError_t forward(DataType type, Problem const& problem, void const* value, int32_t const* spatial_shapes,
-    int32_t const* level_start_index, void const* sampling_locations, void const* attention_weights, void* output,
-    cudaStream_t stream)
+template <template <typename> class Fn, typename... A>
+cudaError_t byType(DataType type, A&&... args)
 {
-    if (!validProblem(problem))
-    {
-        return cudaErrorInvalidValue;
-    }
     switch (type)
     {
-    case DataType::kFloat32:
-        return forwardTyped<float>(problem, value, spatial_shapes, level_start_index, sampling_locations,
-            attention_weights, output, stream);
-    case DataType::kFloat16:
-        return forwardTyped<__half>(problem, value, spatial_shapes, level_start_index, sampling_locations,
-            attention_weights, output, stream);
-    case DataType::kFloat64:
-        return forwardTyped<double>(problem, value, spatial_shapes, level_start_index, sampling_locations,
-            attention_weights, output, stream);
+    case DataType::kFloat32: return Fn<float>::run(args...);
+    case DataType::kFloat16: return Fn<__half>::run(args...);
+    case DataType::kBFloat16: return Fn<__nv_bfloat16>::run(args...);
+    case DataType::kFloat64: return Fn<double>::run(args...);
     }
     return cudaErrorInvalidValue;
 }
 
-cudaError_t backward(DataType type, Problem const& problem, void const* value, int32_t const* spatial_shapes,
-    int32_t const* level_start_index, void const* sampling_locations, void const* attention_weights,
-    void const* grad_output, void* grad_value, void* grad_sampling_locations, void* grad_attention_weights,
-    cudaStream_t stream)
+template <typename T>
+struct ForwardFn
+{
+    static cudaError_t run(Args const& a, bool specialise)
+    {
+        return forwardTyped<T>(a, specialise);
+    }
+};
+
+template <typename T>
+struct BaselineFn
+{
+    static cudaError_t run(Args const& a)
+    {
+        return baselineTyped<T>(a);
+    }
+};
+
+} // namespace
+
+cudaError_t forward(DataType type, Problem const& problem, void const* value, void const* spatial_shapes,
+    void const* level_start_index, void const* sampling_locations, void const* attention_weights, void* output,
+    cudaStream_t stream, IndexType index_type, bool specialise)
 {
     if (!validProblem(problem))
     {
         return cudaErrorInvalidValue;
     }
+    Args const a{problem, value, spatial_shapes, level_start_index, index_type == IndexType::kInt64,
+        sampling_locations, attention_weights, output, stream};
+    return byType<ForwardFn>(type, a, specialise);
+}
+
+cudaError_t forwardBaseline(DataType type, Problem const& problem, void const* value, void const* spatial_shapes,
+    void const* level_start_index, void const* sampling_locations, void const* attention_weights, void* output,
+    cudaStream_t stream, IndexType index_type)
+{
+    if (!validProblem(problem))
+    {
+        return cudaErrorInvalidValue;
+    }
+    Args const a{problem, value, spatial_shapes, level_start_index, index_type == IndexType::kInt64,
+        sampling_locations, attention_weights, output, stream};
+    return byType<BaselineFn>(type, a);
+}
+
+cudaError_t backward(DataType type, Problem const& problem, void const* value, void const* spatial_shapes,
+    void const* level_start_index, void const* sampling_locations, void const* attention_weights,
+    void const* grad_output, void* grad_value, void* grad_sampling_locations, void* grad_attention_weights,
+    cudaStream_t stream, IndexType index_type)
+{
+    if (!validProblem(problem))
+    {
+        return cudaErrorInvalidValue;
+    }
+    bool const wide = index_type == IndexType::kInt64;
     switch (type)
     {
     case DataType::kFloat32:
-        return backwardTyped<float>(problem, value, spatial_shapes, level_start_index, sampling_locations,
+        return backwardTyped<float>(problem, value, spatial_shapes, level_start_index, wide, sampling_locations,
             attention_weights, grad_output, grad_value, grad_sampling_locations, grad_attention_weights, stream);
     case DataType::kFloat64:
-        return backwardTyped<double>(problem, value, spatial_shapes, level_start_index, sampling_locations,
+        return backwardTyped<double>(problem, value, spatial_shapes, level_start_index, wide, sampling_locations,
             attention_weights, grad_output, grad_value, grad_sampling_locations, grad_attention_weights, stream);
-    case DataType::kFloat16: return cudaErrorNotSupported;
+    case DataType::kFloat16:
+    case DataType::kBFloat16: return cudaErrorNotSupported;
     }
     return cudaErrorInvalidValue;
+}
+
+bool forwardIsSpecialised(int64_t L, int64_t P)
+{
+    return detail::dispatchLevelsPoints(L, P, true, [](auto ls, auto) { return decltype(ls)::value > 0; });
 }
 
 int32_t forwardVectorWidth(DataType type, int64_t D, void const* value, void const* output)
@@ -184,6 +257,7 @@ int32_t forwardVectorWidth(DataType type, int64_t D, void const* value, void con
     {
     case DataType::kFloat32: return pickVectorWidth<float>(D, value, output);
     case DataType::kFloat16: return pickVectorWidth<__half>(D, value, output);
+    case DataType::kBFloat16: return pickVectorWidth<__nv_bfloat16>(D, value, output);
     case DataType::kFloat64: return pickVectorWidth<double>(D, value, output);
     }
     return 0;

@@ -26,7 +26,12 @@
 //     VEC channels instead of once per channel, and there are fewer load instructions in flight
 //     per byte;
 //   * no shared memory, no atomics, no workspace in the forward: one thread per (n, q, m, chunk),
-//     loop over L * P samples, accumulate in fp32 (fp64 for double), one (vector) store.
+//     loop over L * P samples, accumulate in fp32 (fp64 for double), one (vector) store;
+//   * the model's (L, P) combinations compiled with constant trip counts (dispatchLevelsPoints): the
+//     sample loop is fully unrolled, so the loads of all L * P samples can be in flight together
+//     instead of each sample waiting for its own.
+// Types: fp32, fp16, bf16 (both accumulated in fp32), fp64. Index tensors int32 or int64. Every level's
+// (H, W, start) is checked against S on the device; a level that does not fit is skipped (reads nothing).
 // Locations / weights / level shapes are read by all threads of one (n, q, m) chunk group at the
 // same address (broadcast, L1-resident), so they cost one transaction per warp, not per thread.
 //
@@ -39,7 +44,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <type_traits>
 #ifndef AUTR_MSDA_HOST_EMULATION
 #include <cuda_runtime.h>
 #endif
@@ -74,6 +81,10 @@ __device__ __forceinline__ float toAcc(__half v)
 {
     return __half2float(v);
 }
+__device__ __forceinline__ float toAcc(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
 __device__ __forceinline__ double toAcc(double v)
 {
     return v;
@@ -90,6 +101,11 @@ template <>
 __device__ __forceinline__ __half fromAcc<__half>(float v)
 {
     return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 fromAcc<__nv_bfloat16>(float v)
+{
+    return __float2bfloat16_rn(v);
 }
 template <>
 __device__ __forceinline__ double fromAcc<double>(double v)
@@ -177,18 +193,122 @@ __device__ __forceinline__ void storeChunk<__half, 8>(__half* __restrict__ ptr, 
     *reinterpret_cast<uint4*>(ptr) = pack.raw;
 }
 
-// Forward. One thread per (n, q, m, chunk of VEC channels); grid-stride loop.
-//   total = N * Lq * M * (D / VEC)  (< 2^31, checked by the launcher)
+// Index tensors (spatial_shapes, level_start_index) are int32 (TensorRT, ONNX Runtime) or int64 (PyTorch);
+// `wide` says which, so the PyTorch binding passes its tensors as they are (no conversion kernels per call).
+__device__ __forceinline__ int64_t loadIndex(void const* p, int32_t i, bool wide)
+{
+    return wide ? static_cast<int64_t>(__ldg(static_cast<long long const*>(p) + i))
+                : static_cast<int64_t>(__ldg(static_cast<int32_t const*>(p) + i));
+}
+
+// One level's geometry, read from the device index tensors and checked against S: a level whose H, W or
+// start is not positive / does not fit inside [0, S) is skipped (ok = false), so that no value of the index
+// tensors (e.g. TensorRT timing the plugin on synthetic inputs) can make the kernel read outside `value`.
+struct Level
+{
+    int32_t H, W;
+    int64_t start;
+    bool ok;
+};
+
+__device__ __forceinline__ Level loadLevel(void const* shapes, void const* starts, int32_t l, bool wide, int32_t S)
+{
+    int64_t const h = loadIndex(shapes, 2 * l, wide);
+    int64_t const w = loadIndex(shapes, 2 * l + 1, wide);
+    int64_t const start = loadIndex(starts, l, wide);
+    bool const ok = h > 0 && w > 0 && h <= S && w <= S && start >= 0 && start + h * w <= S;
+    return {ok ? static_cast<int32_t>(h) : 0, ok ? static_cast<int32_t>(w) : 0, ok ? start : 0, ok};
+}
+
+// (L, P) combinations compiled with constant trip counts (fully unrolled sample loops, so the loads of
+// consecutive samples are in flight together): AuTR (3 levels, 4 points; the tiny preset 3 x 2) and
+// Deformable-DETR (4 x 4). Any other (L, P) runs the generic kernel (LS = PS = 0: run-time counts).
+// dispatchLevelsPoints calls f(std::integral_constant<int, LS>, std::integral_constant<int, PS>) for the
+// specialisation matching (L, P); the launcher and the host emulation both use it.
+template <typename F>
+inline auto dispatchLevelsPoints(int64_t L, int64_t P, bool specialise, F&& f)
+{
+    using std::integral_constant;
+    if (specialise && L == 3 && P == 4)
+    {
+        return f(integral_constant<int, 3>{}, integral_constant<int, 4>{});
+    }
+    if (specialise && L == 3 && P == 2)
+    {
+        return f(integral_constant<int, 3>{}, integral_constant<int, 2>{});
+    }
+    if (specialise && L == 4 && P == 4)
+    {
+        return f(integral_constant<int, 4>{}, integral_constant<int, 4>{});
+    }
+    return f(integral_constant<int, 0>{}, integral_constant<int, 0>{});
+}
+
+// Adds the VEC channels of one bilinear sample (x, y) of one level to acc (grid_sample, align_corners=False,
+// zeros padding: pixel coordinate = normalised * size - 0.5, corners outside the map contribute nothing).
 template <typename T, int VEC>
-__global__ void msdaForwardKernel(T const* __restrict__ value,
-    int32_t const* __restrict__ spatialShapes, int32_t const* __restrict__ levelStartIndex,
-    T const* __restrict__ samplingLocations, T const* __restrict__ attentionWeights, T* __restrict__ output,
-    int32_t total, int32_t Lq, int32_t S, int32_t M, int32_t D, int32_t L, int32_t P)
+__device__ __forceinline__ void accumulateSample(T const* __restrict__ levelBase, Level const& lv, int32_t rowStride,
+    typename AccType<T>::type x, typename AccType<T>::type y, typename AccType<T>::type w,
+    typename AccType<T>::type (&acc)[VEC])
 {
     using acc_t = typename AccType<T>::type;
+    acc_t const fH = static_cast<acc_t>(lv.H);
+    acc_t const fW = static_cast<acc_t>(lv.W);
+    acc_t const hIm = y * fH - acc_t(0.5);
+    acc_t const wIm = x * fW - acc_t(0.5);
+    if (!(hIm > acc_t(-1) && wIm > acc_t(-1) && hIm < fH && wIm < fW))
+    {
+        return; // all four corners outside (also skips NaN, and every sample of a skipped level: H = W = 0)
+    }
+    int32_t const h0 = static_cast<int32_t>(floor(hIm));
+    int32_t const w0 = static_cast<int32_t>(floor(wIm));
+    int32_t const h1 = h0 + 1;
+    int32_t const w1 = w0 + 1;
+    acc_t const lh = hIm - h0;
+    acc_t const lw = wIm - w0;
+    acc_t const hh = acc_t(1) - lh;
+    acc_t const hw = acc_t(1) - lw;
+
+    bool const top = h0 >= 0;
+    bool const bottom = h1 <= lv.H - 1;
+    bool const left = w0 >= 0;
+    bool const right = w1 <= lv.W - 1;
+    int64_t const rowTop = static_cast<int64_t>(h0) * lv.W;
+    int64_t const rowBottom = rowTop + lv.W;
+    if (top && left)
+    {
+        accumulateCorner<T, VEC>(levelBase + (rowTop + w0) * rowStride, w * hh * hw, acc);
+    }
+    if (top && right)
+    {
+        accumulateCorner<T, VEC>(levelBase + (rowTop + w1) * rowStride, w * hh * lw, acc);
+    }
+    if (bottom && left)
+    {
+        accumulateCorner<T, VEC>(levelBase + (rowBottom + w0) * rowStride, w * lh * hw, acc);
+    }
+    if (bottom && right)
+    {
+        accumulateCorner<T, VEC>(levelBase + (rowBottom + w1) * rowStride, w * lh * lw, acc);
+    }
+}
+
+// Forward. One thread per (n, q, m, chunk of VEC channels); grid-stride loop.
+//   total = N * Lq * M * (D / VEC)  (< 2^31, checked by the launcher)
+// LS, PS > 0: compiled for exactly LS levels and PS points (the launcher only picks it when L == LS, P == PS);
+// 0: the run-time L, P.
+template <typename T, int VEC, int LS = 0, int PS = 0>
+__global__ void msdaForwardKernel(T const* __restrict__ value, void const* __restrict__ spatialShapes,
+    void const* __restrict__ levelStartIndex, bool wideIndex, T const* __restrict__ samplingLocations,
+    T const* __restrict__ attentionWeights, T* __restrict__ output, int32_t total, int32_t Lq, int32_t S, int32_t M,
+    int32_t D, int32_t L, int32_t P)
+{
+    using acc_t = typename AccType<T>::type;
+    int32_t const nL = LS > 0 ? LS : L;
+    int32_t const nP = PS > 0 ? PS : P;
     int32_t const chunks = D / VEC;
     int32_t const rowStride = M * D; // elements between two consecutive spatial positions
-    int32_t const LP = L * P;
+    int32_t const LP = nL * nP;
 
     // 64-bit loop counter so that the grid-stride increment cannot wrap; the body works in 32 bits.
     int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -197,75 +317,75 @@ __global__ void msdaForwardKernel(T const* __restrict__ value,
         int32_t const idx = static_cast<int32_t>(i);
         int32_t const chunk = idx % chunks;
         int32_t const nqm = idx / chunks; // ((n * Lq) + q) * M + m
-        int32_t const m = nqm % M;
         int32_t const n = nqm / (M * Lq);
+        int32_t const m = nqm % M;
 
         T const* const valueBase = value + static_cast<int64_t>(n) * S * rowStride + m * D + chunk * VEC;
-        T const* loc = samplingLocations + static_cast<int64_t>(nqm) * LP * 2;
-        T const* attn = attentionWeights + static_cast<int64_t>(nqm) * LP;
+        T const* const loc = samplingLocations + static_cast<int64_t>(nqm) * LP * 2;
+        T const* const attn = attentionWeights + static_cast<int64_t>(nqm) * LP;
 
         acc_t acc[VEC];
 #pragma unroll
-        for (int i = 0; i < VEC; ++i)
+        for (int j = 0; j < VEC; ++j)
         {
-            acc[i] = acc_t(0);
+            acc[j] = acc_t(0);
         }
 
-        for (int32_t l = 0; l < L; ++l)
+#pragma unroll
+        for (int32_t l = 0; l < nL; ++l)
         {
-            int32_t const H = __ldg(spatialShapes + 2 * l);
-            int32_t const W = __ldg(spatialShapes + 2 * l + 1);
-            T const* const levelBase = valueBase + static_cast<int64_t>(__ldg(levelStartIndex + l)) * rowStride;
-            acc_t const fH = static_cast<acc_t>(H);
-            acc_t const fW = static_cast<acc_t>(W);
-
-            for (int32_t p = 0; p < P; ++p, loc += 2, ++attn)
+            Level const lv = loadLevel(spatialShapes, levelStartIndex, l, wideIndex, S);
+            T const* const levelBase = valueBase + lv.start * rowStride;
+#pragma unroll
+            for (int32_t p = 0; p < nP; ++p)
             {
-                acc_t const x = toAcc(loc[0]);
-                acc_t const y = toAcc(loc[1]);
-                acc_t const w = toAcc(attn[0]);
-                // grid_sample, align_corners=False: pixel coordinate = normalised * size - 0.5
-                acc_t const hIm = y * fH - acc_t(0.5);
-                acc_t const wIm = x * fW - acc_t(0.5);
-                if (!(hIm > acc_t(-1) && wIm > acc_t(-1) && hIm < fH && wIm < fW))
-                {
-                    continue; // all four corners outside (also skips NaN)
-                }
-                int32_t const h0 = static_cast<int32_t>(floor(hIm));
-                int32_t const w0 = static_cast<int32_t>(floor(wIm));
-                int32_t const h1 = h0 + 1;
-                int32_t const w1 = w0 + 1;
-                acc_t const lh = hIm - h0;
-                acc_t const lw = wIm - w0;
-                acc_t const hh = acc_t(1) - lh;
-                acc_t const hw = acc_t(1) - lw;
-
-                bool const top = h0 >= 0;
-                bool const bottom = h1 <= H - 1;
-                bool const left = w0 >= 0;
-                bool const right = w1 <= W - 1;
-                int64_t const rowTop = static_cast<int64_t>(h0) * W;
-                int64_t const rowBottom = rowTop + W;
-                if (top && left)
-                {
-                    accumulateCorner<T, VEC>(levelBase + (rowTop + w0) * rowStride, w * hh * hw, acc);
-                }
-                if (top && right)
-                {
-                    accumulateCorner<T, VEC>(levelBase + (rowTop + w1) * rowStride, w * hh * lw, acc);
-                }
-                if (bottom && left)
-                {
-                    accumulateCorner<T, VEC>(levelBase + (rowBottom + w0) * rowStride, w * lh * hw, acc);
-                }
-                if (bottom && right)
-                {
-                    accumulateCorner<T, VEC>(levelBase + (rowBottom + w1) * rowStride, w * lh * lw, acc);
-                }
+                int32_t const lp = l * nP + p;
+                accumulateSample<T, VEC>(levelBase, lv, rowStride, toAcc(loc[2 * lp]), toAcc(loc[2 * lp + 1]),
+                    toAcc(attn[lp]), acc);
             }
         }
 
         storeChunk<T, VEC>(output + static_cast<int64_t>(nqm) * D + chunk * VEC, acc);
+    }
+}
+
+// The research baseline that `gpu_check` times the kernel against: Deformable-DETR's
+// ms_deformable_im2col_gpu_kernel layout -- one thread per output channel (n, q, m, d), scalar loads, every
+// thread reads the locations / weights / level shapes itself, run-time L and P, 1024 threads per block.
+// Accumulates in float (fp64 for double) like the kernel above, so the two differ only in how they are
+// organised. Same level checks, so it is safe on the same inputs. Not used by the model.
+constexpr int kBaselineBlockThreads = 1024;
+
+template <typename T>
+__global__ void msdaForwardBaselineKernel(T const* __restrict__ value, void const* __restrict__ spatialShapes,
+    void const* __restrict__ levelStartIndex, bool wideIndex, T const* __restrict__ samplingLocations,
+    T const* __restrict__ attentionWeights, T* __restrict__ output, int32_t total, int32_t Lq, int32_t S, int32_t M,
+    int32_t D, int32_t L, int32_t P)
+{
+    using acc_t = typename AccType<T>::type;
+    int32_t const rowStride = M * D;
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride)
+    {
+        int32_t const idx = static_cast<int32_t>(i);
+        int32_t const d = idx % D;
+        int32_t const nqm = idx / D;
+        int32_t const n = nqm / (M * Lq);
+        int32_t const m = nqm % M;
+        T const* const valueBase = value + static_cast<int64_t>(n) * S * rowStride + m * D + d;
+        int64_t lp = static_cast<int64_t>(nqm) * L * P;
+        acc_t acc[1] = {acc_t(0)};
+        for (int32_t l = 0; l < L; ++l)
+        {
+            Level const lv = loadLevel(spatialShapes, levelStartIndex, l, wideIndex, S);
+            for (int32_t p = 0; p < P; ++p, ++lp)
+            {
+                accumulateSample<T, 1>(valueBase + lv.start * rowStride, lv, rowStride,
+                    toAcc(samplingLocations[2 * lp]), toAcc(samplingLocations[2 * lp + 1]), toAcc(attentionWeights[lp]),
+                    acc);
+            }
+        }
+        output[static_cast<int64_t>(nqm) * D + d] = fromAcc<T>(acc[0]);
     }
 }
 
@@ -285,7 +405,7 @@ __device__ __forceinline__ T warpSum(T v)
 //   totalWarps = N * Lq * M
 template <typename T>
 __global__ void msdaBackwardKernel(T const* __restrict__ value,
-    int32_t const* __restrict__ spatialShapes, int32_t const* __restrict__ levelStartIndex,
+    void const* __restrict__ spatialShapes, void const* __restrict__ levelStartIndex, bool wideIndex,
     T const* __restrict__ samplingLocations, T const* __restrict__ attentionWeights, T const* __restrict__ gradOutput,
     T* __restrict__ gradValue, T* __restrict__ gradLocations, T* __restrict__ gradWeights, int32_t totalWarps,
     int32_t Lq, int32_t S, int32_t M, int32_t D, int32_t L, int32_t P)
@@ -309,9 +429,10 @@ __global__ void msdaBackwardKernel(T const* __restrict__ value,
 
         for (int32_t l = 0; l < L; ++l)
         {
-            int32_t const H = __ldg(spatialShapes + 2 * l);
-            int32_t const W = __ldg(spatialShapes + 2 * l + 1);
-            int64_t const levelOffset = static_cast<int64_t>(__ldg(levelStartIndex + l)) * rowStride;
+            Level const lv = loadLevel(spatialShapes, levelStartIndex, l, wideIndex, S);
+            int32_t const H = lv.H; // 0 for a level that does not fit S: no sample is inside, gradients are 0
+            int32_t const W = lv.W;
+            int64_t const levelOffset = lv.start * rowStride;
             T const fH = static_cast<T>(H);
             T const fW = static_cast<T>(W);
 

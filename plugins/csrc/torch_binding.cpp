@@ -21,7 +21,8 @@ autr::msda::DataType toKernelType(at::ScalarType t)
     case at::kFloat: return autr::msda::DataType::kFloat32;
     case at::kHalf: return autr::msda::DataType::kFloat16;
     case at::kDouble: return autr::msda::DataType::kFloat64;
-    default: TORCH_CHECK(false, "autr MSDA: unsupported dtype ", t, " (float32, float16 or float64)");
+    case at::kBFloat16: return autr::msda::DataType::kBFloat16;
+    default: TORCH_CHECK(false, "autr MSDA: unsupported dtype ", t, " (float32, float16, bfloat16 or float64)");
     }
     return autr::msda::DataType::kFloat32;
 }
@@ -30,7 +31,21 @@ struct Checked
 {
     autr::msda::Problem problem;
     at::Tensor value, shapes, starts, loc, attn;
+    autr::msda::IndexType indexType{autr::msda::IndexType::kInt64};
 };
+
+// The kernels read int32 or int64 index tensors on the device as they are: int64 CUDA tensors (what the
+// model passes) cost no conversion kernel and no allocation per call. Host tensors are copied once to the
+// device; other integer types are converted.
+at::Tensor deviceIndex(at::Tensor const& t, at::Device device)
+{
+    auto const type = (t.scalar_type() == at::kInt || t.scalar_type() == at::kLong) ? t.scalar_type() : at::kLong;
+    if (t.device() == device && t.scalar_type() == type && t.is_contiguous())
+    {
+        return t;
+    }
+    return t.to(device, type).contiguous();
+}
 
 Checked checkInputs(at::Tensor const& value, at::Tensor const& spatialShapes, at::Tensor const& levelStartIndex,
     at::Tensor const& samplingLocations, at::Tensor const& attentionWeights)
@@ -84,22 +99,29 @@ Checked checkInputs(at::Tensor const& value, at::Tensor const& spatialShapes, at
     c.value = value.contiguous();
     c.loc = samplingLocations.contiguous();
     c.attn = attentionWeights.contiguous();
-    // The kernels take int32 index tensors on the device (TensorRT's layout).
-    c.shapes = spatialShapes.to(value.device(), at::kInt).contiguous();
-    c.starts = levelStartIndex.to(value.device(), at::kInt).contiguous();
+    c.shapes = deviceIndex(spatialShapes, value.device());
+    c.starts = deviceIndex(levelStartIndex, value.device()).to(c.shapes.scalar_type());
+    c.indexType = c.shapes.scalar_type() == at::kInt ? autr::msda::IndexType::kInt32 : autr::msda::IndexType::kInt64;
     return c;
 }
 
+// impl: 0 the kernel (specialised (L, P) where compiled), 1 the kernel's generic (run-time L, P) path,
+// 2 the Deformable-DETR-style one-thread-per-channel baseline (benchmarks/gpu_check.py).
 at::Tensor msdaForward(at::Tensor const& value, at::Tensor const& spatialShapes, at::Tensor const& levelStartIndex,
-    at::Tensor const& samplingLocations, at::Tensor const& attentionWeights)
+    at::Tensor const& samplingLocations, at::Tensor const& attentionWeights, int64_t impl)
 {
+    TORCH_CHECK(impl >= 0 && impl <= 2, "autr MSDA: impl must be 0 (kernel), 1 (generic kernel) or 2 (baseline)");
     Checked c = checkInputs(value, spatialShapes, levelStartIndex, samplingLocations, attentionWeights);
     c10::cuda::CUDAGuard const guard(value.device());
     auto const& p = c.problem;
     at::Tensor out = at::empty({p.N, p.Lq, p.M * p.D}, c.value.options());
-    cudaError_t const err = autr::msda::forward(toKernelType(c.value.scalar_type()), p, c.value.data_ptr(),
-        c.shapes.data_ptr<int32_t>(), c.starts.data_ptr<int32_t>(), c.loc.data_ptr(), c.attn.data_ptr(),
-        out.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
+    auto const type = toKernelType(c.value.scalar_type());
+    cudaStream_t const stream = c10::cuda::getCurrentCUDAStream().stream();
+    cudaError_t const err = impl == 2
+        ? autr::msda::forwardBaseline(type, p, c.value.data_ptr(), c.shapes.data_ptr(), c.starts.data_ptr(),
+            c.loc.data_ptr(), c.attn.data_ptr(), out.data_ptr(), stream, c.indexType)
+        : autr::msda::forward(type, p, c.value.data_ptr(), c.shapes.data_ptr(), c.starts.data_ptr(),
+            c.loc.data_ptr(), c.attn.data_ptr(), out.data_ptr(), stream, c.indexType, impl == 0);
     TORCH_CHECK(err == cudaSuccess, "autr MSDA forward failed: ", cudaGetErrorString(err));
     return out;
 }
@@ -111,7 +133,7 @@ std::vector<at::Tensor> msdaBackward(at::Tensor const& value, at::Tensor const& 
     Checked c = checkInputs(value, spatialShapes, levelStartIndex, samplingLocations, attentionWeights);
     auto const& p = c.problem;
     TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
-        "autr MSDA backward supports float32 and float64 (upcast float16 first), got ", value.scalar_type());
+        "autr MSDA backward supports float32 and float64 (upcast float16 / bfloat16 first), got ", value.scalar_type());
     TORCH_CHECK(gradOutput.device() == value.device() && gradOutput.scalar_type() == value.scalar_type(),
         "autr MSDA: grad_output must match value's device and dtype");
     TORCH_CHECK(gradOutput.dim() == 3 && gradOutput.size(0) == p.N && gradOutput.size(1) == p.Lq
@@ -123,9 +145,9 @@ std::vector<at::Tensor> msdaBackward(at::Tensor const& value, at::Tensor const& 
     at::Tensor gradLoc = at::empty_like(c.loc);
     at::Tensor gradAttn = at::empty_like(c.attn);
     cudaError_t const err = autr::msda::backward(toKernelType(c.value.scalar_type()), p, c.value.data_ptr(),
-        c.shapes.data_ptr<int32_t>(), c.starts.data_ptr<int32_t>(), c.loc.data_ptr(), c.attn.data_ptr(),
-        go.data_ptr(), gradValue.data_ptr(), gradLoc.data_ptr(), gradAttn.data_ptr(),
-        c10::cuda::getCurrentCUDAStream().stream());
+        c.shapes.data_ptr(), c.starts.data_ptr(), c.loc.data_ptr(), c.attn.data_ptr(), go.data_ptr(),
+        gradValue.data_ptr(), gradLoc.data_ptr(), gradAttn.data_ptr(), c10::cuda::getCurrentCUDAStream().stream(),
+        c.indexType);
     TORCH_CHECK(err == cudaSuccess, "autr MSDA backward failed: ", cudaGetErrorString(err));
     return {gradValue, gradLoc, gradAttn};
 }
@@ -136,7 +158,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
 {
     m.doc() = "AuTR multi-scale deformable attention CUDA kernels";
     m.def("forward", &msdaForward, "MSDA forward (CUDA)", pybind11::arg("value"), pybind11::arg("spatial_shapes"),
-        pybind11::arg("level_start_index"), pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"));
+        pybind11::arg("level_start_index"), pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"),
+        pybind11::arg("impl") = 0);
+    m.def("is_specialised", &autr::msda::forwardIsSpecialised, "whether (L, P) runs an unrolled kernel",
+        pybind11::arg("levels"), pybind11::arg("points"));
     m.def("backward", &msdaBackward, "MSDA backward (CUDA, float32/float64)", pybind11::arg("value"),
         pybind11::arg("spatial_shapes"), pybind11::arg("level_start_index"), pybind11::arg("sampling_locations"),
         pybind11::arg("attention_weights"), pybind11::arg("grad_output"));

@@ -106,6 +106,49 @@ int32_t staticRank(PluginTensorDesc const& d)
     return d.dims.nbDims;
 }
 
+// The dims that must agree between the inputs (and the output), given as
+// (input a, dim i, input b, dim j); input 5 is the output [N, Lq, M*D] (only its first two dims here).
+//   value [N,S,M,D]  spatial_shapes [L,2]  level_start_index [L]  locations [N,Lq,M,L,P,2]  weights [N,Lq,M,L,P]
+constexpr int32_t kSAME_DIMS[][4] = {
+    {1, 1, -1, 2},           // spatial_shapes [L, 2]: second dim is 2 (b = -1: the constant j)
+    {3, 5, -1, 2},           // locations' last dim is 2
+    {2, 0, 1, 0},            // level_start_index [L] == spatial_shapes' L
+    {3, 3, 1, 0},            // locations' L
+    {3, 0, 0, 0},            // locations' N == value's N
+    {3, 2, 0, 2},            // locations' M == value's M
+    {4, 0, 3, 0},            // weights' N, Lq, M, L, P == locations'
+    {4, 1, 3, 1},
+    {4, 2, 3, 2},
+    {4, 3, 3, 3},
+    {4, 4, 3, 4},
+    {5, 0, 3, 0},            // output's N, Lq
+    {5, 1, 3, 1},
+};
+
+// Names the first pair of known (static) dims that disagree; "" when all agree. `dims(k)` is input k's Dims
+// (k = 5: the output); -1 (dynamic) agrees with everything.
+template <typename DimsOf>
+std::string dimsMismatch(DimsOf dims)
+{
+    static char const* const kNames[] = {"value", "spatial_shapes", "level_start_index", "sampling_locations",
+        "attention_weights", "output"};
+    for (auto const& c : kSAME_DIMS)
+    {
+        Dims const& a = dims(c[0]);
+        int64_t const x = a.d[c[1]];
+        int64_t const y = c[2] < 0 ? c[3] : dims(c[2]).d[c[3]];
+        if (x >= 0 && y >= 0 && x != y)
+        {
+            std::string const rhs = c[2] < 0 ? std::string("") : std::string(kNames[c[2]]) + " dim " + std::to_string(c[3]) + " = ";
+            return std::string(kNames[c[0]]) + " dim " + std::to_string(c[1]) + " is " + std::to_string(x)
+                + ", expected " + rhs + std::to_string(y)
+                + " (value [N,S,M,D], spatial_shapes [L,2], level_start_index [L], sampling_locations "
+                  "[N,Lq,M,L,P,2], attention_weights [N,Lq,M,L,P], output [N,Lq,M*D])";
+        }
+    }
+    return "";
+}
+
 } // namespace
 
 // ------------------------------------------------------------------------------------------------ plugin
@@ -157,6 +200,15 @@ int32_t MSDeformAttnPlugin::configurePlugin(
         logError("configurePlugin: expected inputs of rank 4, 2, 1, 6, 5 and one output of rank 3");
         return 1;
     }
+    // spatial_shapes / level_start_index are constants of the graph, but TensorRT does not hand their values to
+    // configurePlugin: their shapes are checked here, their values by the kernel on the device (a level whose
+    // H, W, start do not fit S is skipped, never read out of bounds).
+    std::string const bad = dimsMismatch([&](int32_t k) -> Dims const& { return k < 5 ? in[k].desc.dims : out[0].desc.dims; });
+    if (!bad.empty())
+    {
+        logError("configurePlugin: " + bad);
+        return 1;
+    }
     return 0;
 }
 
@@ -189,6 +241,26 @@ int32_t MSDeformAttnPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbI
                  "sampling_locations [N,Lq,M,L,P,2], attention_weights [N,Lq,M,L,P]");
         return 1;
     }
+    // Static dims that disagree are refused here (the build fails with the reason) instead of in enqueue.
+    for (auto const& c : kSAME_DIMS)
+    {
+        if (c[0] == 5)
+        {
+            continue;
+        }
+        IDimensionExpr const* a = inputs[c[0]].d[c[1]];
+        IDimensionExpr const* b = c[2] < 0 ? nullptr : inputs[c[2]].d[c[3]];
+        bool const known = a != nullptr && a->isConstant() && (b == nullptr ? c[2] < 0 : b->isConstant());
+        int64_t const want = b == nullptr ? c[3] : (known ? b->getConstantValue() : -1);
+        if (known && a->getConstantValue() != want)
+        {
+            logError("getOutputShapes: input " + std::to_string(c[0]) + " dim " + std::to_string(c[1]) + " is "
+                + std::to_string(a->getConstantValue()) + ", expected " + std::to_string(want)
+                + " (value [N,S,M,D], spatial_shapes [L,2], level_start_index [L], sampling_locations [N,Lq,M,L,P,2], "
+                  "attention_weights [N,Lq,M,L,P])");
+            return 1;
+        }
+    }
     // output [N, Lq, M * D]: N and Lq from sampling_locations, M * D from value.
     IDimensionExpr const* md = exprBuilder.operation(DimensionOperation::kPROD, *inputs[0].d[2], *inputs[0].d[3]);
     if (md == nullptr)
@@ -217,7 +289,7 @@ bool MSDeformAttnPlugin::supportsFormatCombination(
     }
     switch (pos)
     {
-    case 0: return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
+    case 0: return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF || desc.type == DataType::kBF16;
     case 1:
     case 2: return desc.type == DataType::kINT32;
     default: return desc.type == inOut[0].desc.type; // locations, weights, output follow value
@@ -263,15 +335,18 @@ int32_t MSDeformAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
     problem.L = inputDesc[1].dims.d[0];
     problem.Lq = loc.d[1];
     problem.P = loc.d[4];
-    if (loc.d[0] != problem.N || loc.d[2] != problem.M || loc.d[3] != problem.L)
+    std::string const bad
+        = dimsMismatch([&](int32_t k) -> Dims const& { return k < 5 ? inputDesc[k].dims : outputDesc[0].dims; });
+    if (!bad.empty() || outputDesc[0].dims.d[2] != problem.M * problem.D)
     {
-        logError("enqueue: sampling_locations shape does not match value / spatial_shapes");
+        logError("enqueue: " + (bad.empty() ? std::string("output dim 2 is not M*D") : bad));
         return 1;
     }
-    autr::msda::DataType const type
-        = inputDesc[0].type == DataType::kHALF ? autr::msda::DataType::kFloat16 : autr::msda::DataType::kFloat32;
-    cudaError_t const err = autr::msda::forward(type, problem, inputs[0], static_cast<int32_t const*>(inputs[1]),
-        static_cast<int32_t const*>(inputs[2]), inputs[3], inputs[4], outputs[0], stream);
+    autr::msda::DataType const type = inputDesc[0].type == DataType::kHALF ? autr::msda::DataType::kFloat16
+        : inputDesc[0].type == DataType::kBF16                            ? autr::msda::DataType::kBFloat16
+                                                                          : autr::msda::DataType::kFloat32;
+    cudaError_t const err = autr::msda::forward(type, problem, inputs[0], inputs[1], inputs[2], inputs[3], inputs[4],
+        outputs[0], stream, autr::msda::IndexType::kInt32);
     if (err != cudaSuccess)
     {
         logError(std::string("enqueue: kernel launch failed: ") + cudaGetErrorString(err));

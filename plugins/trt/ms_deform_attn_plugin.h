@@ -6,14 +6,16 @@
 // plugin_namespace=""), so the namespace here is the empty string.
 //
 // Inputs (linear layout):
-//   0 value               [N, S, M, D]        float32 | float16
+//   0 value               [N, S, M, D]        float32 | float16 | bfloat16
 //   1 spatial_shapes      [L, 2]              int32
 //   2 level_start_index   [L]                 int32
 //   3 sampling_locations  [N, Lq, M, L, P, 2] same type as value
 //   4 attention_weights   [N, Lq, M, L, P]    same type as value
 // Output:
 //   0 output              [N, Lq, M * D]      same type as value
-// No plugin fields (attributes); no workspace. All dimensions may be dynamic.
+// No plugin fields (attributes); no workspace. All dimensions may be dynamic. Dims that must agree (L, N, Lq, M, P
+// between the inputs) are checked in getOutputShapes (constants), configurePlugin and enqueue; the values of
+// spatial_shapes / level_start_index are checked by the kernel against S (a level that does not fit is skipped).
 //
 // The library exports the TensorRT plugin-library entry points getCreators() and setLoggerFinder()
 // (IPluginRegistry::loadLibrary, trtexec --dynamicPlugins=libautr_trt_plugin.so, Python

@@ -128,6 +128,10 @@ DynamicPluginTensorDesc descOf(DataType t, int32_t rank)
     d.desc.type = t;
     d.desc.format = TensorFormat::kLINEAR;
     d.desc.dims.nbDims = rank;
+    for (int32_t i = 0; i < rank; ++i)
+    {
+        d.desc.dims.d[i] = -1; // dynamic, as TensorRT describes them at build time
+    }
     return d;
 }
 } // namespace
@@ -196,7 +200,7 @@ int main(int argc, char** argv)
     CHECK(build->getOutputDataTypes(out, 1, in, 5) == 0 && out[0] == DataType::kHALF);
 
     // Formats: value fp32/fp16, int32 indices, the rest follow value, linear only.
-    for (DataType t : {DataType::kFLOAT, DataType::kHALF})
+    for (DataType t : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
     {
         DynamicPluginTensorDesc io[6] = {descOf(t, 4), descOf(DataType::kINT32, 2), descOf(DataType::kINT32, 1),
             descOf(t, 6), descOf(t, 5), descOf(t, 3)};
@@ -209,6 +213,16 @@ int main(int argc, char** argv)
         CHECK(!build->supportsFormatCombination(1, bad, 5, 1));
         CHECK(!build->supportsFormatCombination(3, bad, 5, 1));
         CHECK(build->configurePlugin(io, 5, io + 5, 1) == 0);
+        io[1].desc.dims.d[1] = 2; // spatial_shapes [L, 2]
+        io[4].desc.dims.d[4] = 4; // weights' P ...
+        io[3].desc.dims.d[4] = 4; // ... == locations' P
+        CHECK(build->configurePlugin(io, 5, io + 5, 1) == 0);
+        io[3].desc.dims.d[4] = 3; // P differs: refused at configure time
+        CHECK(build->configurePlugin(io, 5, io + 5, 1) != 0);
+        io[3].desc.dims.d[4] = 4;
+        io[2].desc.dims.d[0] = 3; // level_start_index [3] with spatial_shapes [4, 2]
+        io[1].desc.dims.d[0] = 4;
+        CHECK(build->configurePlugin(io, 5, io + 5, 1) != 0);
     }
     {
         DynamicPluginTensorDesc io[6] = {descOf(DataType::kINT8, 4), descOf(DataType::kINT32, 2),
@@ -235,6 +249,10 @@ int main(int argc, char** argv)
     }
     DimsExprs wrong[5] = {dimsOf(builder, {2, 44, 8}), inputs[1], inputs[2], inputs[3], inputs[4]};
     CHECK(build->getOutputShapes(wrong, 5, nullptr, 0, outputs, 1, builder) != 0);
+    DimsExprs badWeights[5] = {inputs[0], inputs[1], inputs[2], inputs[3], dimsOf(builder, {2, 100, 8, 3, 2})};
+    CHECK(build->getOutputShapes(badWeights, 5, nullptr, 0, outputs, 1, builder) != 0); // P 2 != 4
+    DimsExprs badStarts[5] = {inputs[0], inputs[1], dimsOf(builder, {2}), inputs[3], inputs[4]};
+    CHECK(build->getOutputShapes(badStarts, 5, nullptr, 0, outputs, 1, builder) != 0); // L 2 != 3
     CHECK(build->getWorkspaceSize(nullptr, 5, nullptr, 1) == 0);
 
     // Serialisation: an empty field collection; runtime-phase creation from it.

@@ -138,10 +138,13 @@ class TrtBackend(Backend):
         trt, cuda = self._trt, self._cuda
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
-        registry = trt.get_plugin_registry()
-        self._plugin_handle = registry.load_library(str(self.plugin_library))
-        if self._plugin_handle is None:
-            raise BackendError(f"TensorRT could not load the plugin library {self.plugin_library}")
+        from autr.plugins import PluginError
+        from autr.plugins.trt_loader import load_plugin_library
+
+        try:  # once per process: TensorRT refuses to register the library a second time
+            self._plugin_handle = load_plugin_library(trt, self.plugin_library)
+        except PluginError as exc:
+            raise BackendError(str(exc)) from None
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(engine.read_bytes())
         if self.engine is None:
