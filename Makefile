@@ -37,7 +37,7 @@ $(VENV)/.installed: setup.py $(wildcard */__init__.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,export,runtime]"
+	$(BIN)/pip install -q -e ".[dev,export,runtime,serve]"
 	touch $(VENV)/.runtime $@
 
 # The lean set for `make demo`: the runtime and its CLI, no torch (setup.py's base install); the full install
@@ -113,6 +113,12 @@ bench: install
 	$(BIN)/autr bench stream --seconds 10 --fps 25 --video-size 640x480 \
 	  --json benchmarks/results/bench_stream_cpu.json --plot benchmarks/results/bench_stream_cpu.png
 	$(BIN)/python -m autr.benchmarks.readme
+
+# Many streams on one model: in-process batching and an Open Inference Protocol server (KServe's ModelServer on
+# loopback), N = 1, 2, 4, 8 closed-loop streams (the committed CPU result; run it on a quiet machine).
+serve: install
+	$(BIN)/autr bench serve --streams 1,2,4,8 --seconds 10 \
+	  --json benchmarks/results/bench_serve_cpu.json --plot benchmarks/results/bench_serve_cpu.png
 
 # On a GPU machine, in one call (< 8 min on an H100 / H200): the extension build, the kernel against the reference
 # and the Deformable-DETR-style baseline (fp32 / fp16 / bf16), the whole model at T = 1 and 5 (eager and CUDA graph);

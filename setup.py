@@ -55,6 +55,10 @@ setup(
         "trt": ["tensorrt>=10", "pycuda>=2024.1"],
         # OpenVINO peer row of `autr bench model` (autr.benchmarks.openvino_runner); the version it was checked with
         "openvino": ["openvino==2026.4.1"],
+        # serving (issue 17): the remote backend's Open Inference Protocol client, and KServe's ModelServer that the
+        # tests and `autr bench serve` host the model in (the versions they were checked with; tritonclient pins
+        # protobuf < 7 and ml_dtypes <= 0.5.4, which onnx 1.23 accepts)
+        "serve": ["tritonclient[grpc]==2.73.0", "kserve==0.21.0"],
     },
     entry_points={"console_scripts": ["autr=autr.cli:main"]},
 )

@@ -16,7 +16,7 @@ def _fail(message: str, code: int = 2) -> None:
 # What a command may find missing on the lean (runtime-only) install, and the extra that brings it (setup.py).
 EXTRAS = {"torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "matplotlib": "train",
           "PIL": "train", "onnx": "export", "onnxscript": "export", "tensorrt": "trt", "pycuda": "trt",
-          "openvino": "openvino"}
+          "openvino": "openvino", "tritonclient": "serve", "kserve": "serve"}
 
 
 def missing_extra_message(command: str, exc: ModuleNotFoundError) -> str | None:

@@ -78,7 +78,7 @@ def out_options(fn):
 
 @click.group("bench", context_settings={"help_option_names": ["-h", "--help"]})
 def bench():
-    """Benchmarks: the whole model per backend, the MSDA op, the streaming runtime."""
+    """Benchmarks: the whole model per backend, the MSDA op, the streaming runtime, serving many streams."""
 
 
 @bench.command("model")
@@ -222,6 +222,54 @@ def stream_cmd(ctx, backend, checkpoint, preset, onnx, engine, input_file, secon
     errors = [f"{m}: {r['error']}" for m, r in body["runs"].items() if r.get("error")]
     if errors:
         _fail("; ".join(errors), 1)
+
+
+@bench.command("serve")
+@click.option("--streams", default="1,2,4,8", show_default=True, help="Comma list of stream counts N.")
+@click.option("--seconds", default=10.0, show_default=True, help="Timed span per N and path.")
+@click.option("--warmup", default=2.0, show_default=True, help="Untimed seconds before each timed span.")
+@click.option("--onnx", "export", default="default", show_default=True, type=click.Path(),
+              help="Export directory (or 'default', the shipped export).")
+@click.option("--paths", default="inprocess,server", show_default=True,
+              help="inprocess (the runtime's batcher) and/or server (KServe ModelServer over gRPC on loopback).")
+@click.option("--instances", default=1, show_default=True, help="ONNX Runtime sessions behind the batcher.")
+@click.option("--threads", type=int, help="Intra-op threads per session (default: one per core).")
+@click.option("--max-delay-ms", default=2.0, show_default=True, help="The batcher's queue delay.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.pass_context
+def serve_cmd(ctx, streams, seconds, warmup, export, paths, instances, threads, max_delay_ms, json_out, plot_out,
+              quiet):
+    """Many streams on one model: aggregate windows/s and per-stream p50 / p99 for N closed-loop streams, batched
+    in one process and through an Open Inference Protocol server."""
+    from .core import BenchError
+
+    try:
+        from .serve_bench import validate_serve_args
+
+        n, p = validate_serve_args(streams, seconds, warmup, instances, threads, export, paths)
+    except BenchError as exc:
+        _fail(str(exc))
+    refusals = _refusals()
+    try:
+        from .serve_bench import format_serve, run_serve_bench
+
+        body = run_serve_bench(n, seconds, warmup, export, instances, threads, max_delay_ms, p, log=_log(quiet))
+    except refusals as exc:
+        _fail(str(exc))
+    settings = {"streams": n, "seconds": seconds, "warmup": warmup, "export": export, "paths": p,
+                "instances": instances, "threads": threads, "max_delay_ms": max_delay_ms,
+                "window": "T = 1 per stream, closed loop"}
+    click.echo(format_serve(body))
+    result = _outputs(ctx, "serve", body, settings, json_out, None, None)
+    if plot_out:
+        from .serve_bench import plot_serve
+
+        click.echo(f"wrote {plot_serve(result, plot_out)}")
+    errors = [e for r in body["rows"] for e in r["errors"]]
+    if errors:
+        _fail("; ".join(errors[:3]), 1)
 
 
 @bench.command("readme")

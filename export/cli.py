@@ -194,3 +194,50 @@ def trt_cmd(directory, fp16, workspace_gb, timing_cache, profile, plugin_library
     else:
         click.echo(f"built {info['engine_path']} ({info['engine_bytes'] / 2 ** 20:.1f} MiB in "
                    f"{info['build_seconds']:.1f} s; {facts}); sidecar {info['sidecar_path']}")
+
+
+@export.command("triton")
+@click.argument("directory", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The model repository to write.")
+@click.option("--name", default="autr", show_default=True, help="Model name prefix: NAME_onnx, NAME_onnx_fp16, NAME_trt.")
+@click.option("--max-batch", type=int, default=None,
+              help="Frames per call Triton may batch (T is the batch axis; default: the export's T_MAX).")
+@click.option("--preferred", default=None, metavar="LIST",
+              help="Preferred batch sizes, comma-separated (default: 2, 4 and the max batch, where they fit).")
+@click.option("--delay-us", type=int, default=2000, show_default=True,
+              help="Dynamic batcher's max queue delay, microseconds.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Instances per ONNX Runtime model.")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Where the ONNX Runtime models' instances run (the TensorRT model always on the GPU).")
+@click.option("--engine", type=click.Path(), default=None,
+              help="TensorRT engine for the tensorrt_plan model (default: DIRECTORY/model.engine where it exists).")
+def triton_cmd(directory, out, name, max_batch, preferred, delay_us, instances, kind, engine):
+    """Write a Triton model repository from DIRECTORY (an `autr export onnx` directory): ONNX Runtime models
+    (portable graph; fp16 / int8 where exported), a TensorRT model where there is an engine, dynamic batching over
+    the frame axis, the sidecar beside each model, and a README saying how to start tritonserver."""
+    from autr.export.errors import ExportError
+    from autr.export.triton import export_triton
+
+    pref = None
+    if preferred is not None:
+        try:
+            pref = [int(x) for x in preferred.split(",") if x.strip()]
+        except ValueError:
+            _fail(f"--preferred must be comma-separated integers; got {preferred!r}")
+    try:
+        info = export_triton(directory, out, name=name, max_batch=max_batch, preferred=pref, delay_us=delay_us,
+                             instances=instances, kind=kind, engine=engine)
+    except ExportError as exc:
+        _fail(str(exc))
+    for m in info["models"]:
+        click.echo(f"{m['name']:<18} {m['platform']:<17} {m['precision']:<5} {m['graph']}")
+    if info["batching"]:
+        click.echo(f"dynamic batching over T: max_batch_size {info['max_batch_size']}, preferred "
+                   f"{info['preferred_batch_size']}, queue delay {info['max_queue_delay_microseconds']} us, "
+                   f"{info['instances']} instance(s)")
+    else:
+        click.echo("no dynamic batching: the model's query rule is 'clip' (frames of different streams must not mix)")
+    if info["engine"] is None:
+        click.echo("no TensorRT model (no engine in the export directory: `autr export trt DIR` on the serving GPU, "
+                   "then run this again)")
+    click.echo(f"wrote {info['repository']} (README.md says how to start tritonserver)")

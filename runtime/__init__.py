@@ -1,6 +1,10 @@
 """autr.runtime: the lean streaming runtime (never imports torch; see DESIGN.md "Runtime shape").
 
-    capture threads -> window assembler -> preprocess -> backend (trt | ort | torch) -> overlay -> sinks
+    capture threads -> window assembler -> preprocess -> backend (trt | ort | torch | remote) -> overlay -> sinks
+
+Several streams on one model: :class:`MultiStreamRunner` + :class:`BatchingBackend` (their windows stacked on T into
+one call); a model on an Open Inference Protocol server: ``open_backend("remote", "grpc://HOST:PORT", model=...,
+sidecar=...)``.
 
 Quick use::
 
@@ -20,6 +24,7 @@ from .backends import Backend, backend_kind_for, open_backend
 from .errors import (BackendError, BackendUnavailable, DeviceError, NoAudioError, SidecarError, SinkError, SourceError,
                      StreamError)
 from .frames import Frame, Packet
+from .multi import BatchingBackend, MultiStreamRunner
 from .pipeline import StreamRunner, write_report
 from .queues import BoundedQueue, Closed
 from .ring import AudioRingBuffer
@@ -29,9 +34,9 @@ from .sources import (LiveSource, MediaSource, MicrophoneSource, Source, Synthet
 from .stats import LatencyRecorder, now
 
 __all__ = [
-    "AudioRingBuffer", "Backend", "BackendError", "BackendUnavailable", "BoundedQueue", "Closed", "DeviceError",
+    "AudioRingBuffer", "Backend", "BackendError", "BatchingBackend", "BackendUnavailable", "BoundedQueue", "Closed", "DeviceError",
     "DisplaySink", "Frame", "LatencyRecorder", "LiveSource", "MaskPngSink", "MediaSource", "MicrophoneSource",
-    "Mp4Sink", "NoAudioError", "Packet", "SidecarError", "SinkError", "Source", "SourceError", "StreamError",
+    "Mp4Sink", "MultiStreamRunner", "NoAudioError", "Packet", "SidecarError", "SinkError", "Source", "SourceError", "StreamError",
     "StreamRunner", "SyntheticSource", "WebcamSource", "backend_kind_for", "display_problem", "is_url",
     "list_input_devices", "now", "open_backend", "write_report",
 ]

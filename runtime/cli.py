@@ -195,9 +195,16 @@ class _StatusLine:
               help="Portable ONNX graph, export directory (+ model.json), or 'default' (the export shipped with the "
                    "package: no PyTorch needed).")
 @click.option("--checkpoint", help="Checkpoint (.safetensors) for the torch backend, or 'default'.")
+@click.option("--server", help="An Open Inference Protocol server, grpc://HOST:PORT (Triton, KServe); with --model.")
+@click.option("--model", "model_name", help="The model's name on --server.")
+@click.option("--sidecar", help="With --server: the model's sidecar (model.json, the folder holding it -- an export "
+              "directory or the model's folder in a Triton repository --, or 'default' for the shipped export's).")
+@click.option("--server-timeout", default=10.0, show_default=True, help="With --server: deadline of each call, s.")
 @click.option("--camera", type=int, help="Camera index (OpenCV); pairs with --mic.")
 @click.option("--mic", help="Microphone: PortAudio index or name substring (default input device if omitted).")
-@click.option("--input", "input_", help="Media file, or a URL FFmpeg opens (tcp://, rtsp://, http://...).")
+@click.option("--input", "input_", multiple=True,
+              help="Media file, or a URL FFmpeg opens (tcp://, rtsp://, http://...). Repeat it for several streams on "
+                   "one model: their windows are batched into one call; outputs and reports per stream.")
 @click.option("--synthetic", is_flag=True, help="A live SynthAVS scene (clips looped, audio in real time).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the overlay video (mp4, with the audio).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON latency report.")
@@ -226,14 +233,15 @@ class _StatusLine:
               help="Sounding probability below which a frame shows 'nothing sounding' (no mask painted); 0 paints "
                    "every mask.")
 @click.option("--list-devices", is_flag=True, help="List the audio input devices and exit.")
-def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, report_path, masks_dir, no_display,
+def stream(engine, onnx_path, checkpoint, server, model_name, sidecar, server_timeout, camera, mic, input_, synthetic,
+           out, report_path, masks_dir, no_display,
            duration, realtime, silent_audio, window, provider, device, precision, graph, threads, queue_size, fps, seed,
            threshold, sounding_threshold, list_devices):
     """Segment the sounding object live and measure latency.
 
     \b
-    Model (one):  --engine F | --onnx F|default | --checkpoint F|default
-    Input (one):  --camera N [--mic DEV] | --input FILE_OR_URL | --synthetic
+    Model (one):  --engine F | --onnx F|default | --checkpoint F|default | --server grpc://H:P --model NAME --sidecar S
+    Input (one):  --camera N [--mic DEV] | --input FILE_OR_URL [--input ...] | --synthetic
     """
     if list_devices:
         from autr.runtime.errors import StreamError
@@ -250,15 +258,38 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
             click.echo(f"{i:>3}  {name}  ({ch} ch, {rate:g} Hz)")
         return
     # ---- every argument is checked here, before a device, a file or a model is opened
-    models = [(k, v) for k, v in (("trt", engine), ("ort", onnx_path), ("torch", checkpoint)) if v]
+    if (model_name or sidecar) and not server:
+        _fail("--model and --sidecar name a model on a server: give --server grpc://HOST:PORT too")
+    models = [(k, v) for k, v in (("trt", engine), ("ort", onnx_path), ("torch", checkpoint), ("remote", server)) if v]
     if len(models) != 1:
         _fail("choose one model: --engine FILE (TensorRT), --onnx FILE (ONNX Runtime) or --checkpoint FILE|default "
-              "(PyTorch)")
+              "(PyTorch), or --server grpc://HOST:PORT --model NAME (a model server)")
+    if server:
+        from autr.runtime.backends.remote import parse_server_url
+        from autr.runtime.errors import BackendError
+
+        try:
+            parse_server_url(server)
+        except BackendError as exc:
+            _fail(str(exc))
+        if not model_name:
+            _fail("--server needs --model NAME (the model's name on the server)")
+        if not sidecar:
+            _fail("--server needs the model's sidecar (the runtime never guesses input size, T range or "
+                  "preprocessing): --sidecar REPO/MODEL (its folder in the Triton repository), an export directory, "
+                  "a model.json, or default (the shipped export's)")
+        if sidecar != "default" and not os.path.exists(sidecar):
+            _fail(f"sidecar not found: {sidecar}")
+        if not server_timeout > 0:
+            _fail(f"--server-timeout must be positive; got {server_timeout}")
     inputs = [x for x in (camera is not None, bool(input_), synthetic) if x]
     if len(inputs) != 1:
         _fail("choose one input: --camera N [--mic DEV], --input FILE_OR_URL or --synthetic")
     if mic is not None and camera is None:
         _fail("--mic goes with --camera (a file or stream brings its own audio; the synthetic scene its own sound)")
+    if len(input_) > 1 and (out or masks_dir) and not all(s and "{i}" in s for s in (out, masks_dir) if s):
+        _fail("several --input streams write one output each: put {i} (the stream's index) in --out / --masks, e.g. "
+              "--out overlay-{i}.mp4")
     if realtime and not input_:
         _fail("--realtime paces a media file (--input); cameras and the synthetic scene are live already")
     if window < 1:
@@ -282,16 +313,26 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
             artifact = str(shipped_export())
         except BackendError as exc:
             _fail(str(exc))
+    if kind == "remote":
+        artifact = server
     if kind != "ort" and (precision != "fp32" or graph != "auto"):
         _fail("--precision and --graph choose among an ONNX export's graphs (--onnx DIR); an engine or a checkpoint "
               "has its own precision")
-    if not (kind == "torch" and artifact == "default") and not os.path.exists(artifact):
+    if kind != "remote" and not (kind == "torch" and artifact == "default") and not os.path.exists(artifact):
         what = {"trt": "engine", "ort": "ONNX model", "torch": "checkpoint"}[kind]
         _fail(f"{what} not found: {artifact}")
-    t_range = _model_t_range(kind, artifact)
+    t_range = _model_t_range(kind, artifact) if kind != "remote" else _model_t_range("ort", _sidecar_dir(sidecar))
     if t_range is not None and not (t_range[0] <= window <= t_range[1]):
         _fail(f"the model takes {t_range[0]}..{t_range[1]} frames per call (its sidecar says so); --window {window} "
               "is outside that range")
+    if len(input_) > 1:
+        for path in input_:
+            if "://" not in path and not os.path.exists(path):
+                _fail(f"input not found: {path}")
+        return _stream_many(kind, artifact, input_, realtime, silent_audio, queue_size, out, masks_dir, report_path,
+                            duration, window, threshold, sounding_threshold, threads,
+                            dict(provider=provider, device=device, precision=precision, graph=graph, model=model_name,
+                                 sidecar=sidecar, timeout=server_timeout))
     from autr.runtime.threads import plan_threads
 
     try:
@@ -323,7 +364,7 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                 source = SyntheticSource(fps=fps, seed=seed, size=224, realtime=True, audio=not silent_audio,
                                          queue_size=queue_size)
             elif input_:
-                source = MediaSource(input_, realtime=realtime, silent_audio=silent_audio, queue_size=queue_size)
+                source = MediaSource(input_[0], realtime=realtime, silent_audio=silent_audio, queue_size=queue_size)
             else:
                 video = WebcamSource(camera, queue_size=queue_size)
                 audio = None if silent_audio else MicrophoneSource(mic)
@@ -340,6 +381,8 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                 else:
                     sinks.append(DisplaySink())
             extra = {"frames": window} if kind == "ort" else {}  # a live stream's T: the session specialises to it
+            if kind == "remote":
+                extra = {"model": model_name, "sidecar": sidecar, "timeout": server_timeout}
             backend = open_backend(kind, artifact, provider=provider, device=device, threads=plan.intra_op,
                                    spinning=plan.spinning, precision=precision, graph=graph, **extra)
             for notice in getattr(backend, "notices", ()):
@@ -414,6 +457,83 @@ def stream(engine, onnx_path, checkpoint, camera, mic, input_, synthetic, out, r
                 signal.signal(signal.SIGTERM, previous)
             except (ValueError, TypeError):
                 pass
+
+
+def _sidecar_dir(sidecar: str) -> str:
+    """The directory whose model.json --sidecar names (for the --window check before the server is asked)."""
+    if sidecar == "default":
+        from autr.runtime.backends import shipped_export
+
+        try:
+            return str(shipped_export())
+        except Exception:  # noqa: BLE001 - the backend says it in its own words
+            return sidecar
+    return os.path.dirname(sidecar) if sidecar.endswith(".json") else sidecar
+
+
+def _stream_many(kind, artifact, inputs, realtime, silent_audio, queue_size, out, masks_dir, report_path, duration,
+                 window, threshold, sounding_threshold, threads, options) -> None:
+    """Several inputs on one model (runtime.multi): one StreamRunner per input, their windows batched into one call."""
+    from autr.runtime import MaskPngSink, MediaSource, Mp4Sink, StreamError, open_backend, write_report
+    from autr.runtime.errors import one_line
+    from autr.runtime.multi import BatchingBackend, MultiStreamRunner
+    from autr.runtime.threads import plan_threads
+
+    try:
+        plan = plan_threads(pipeline=True, threads=threads)
+    except ValueError as exc:
+        _fail(str(exc))
+    sources, sinks, batcher = [], [], None
+    try:
+        for i, path in enumerate(inputs):
+            src = MediaSource(path, realtime=realtime, silent_audio=silent_audio, queue_size=queue_size)
+            sources.append(src)
+            src.start()
+            sk = [Mp4Sink(out.replace("{i}", str(i)))] if out else []
+            sk += [MaskPngSink(masks_dir.replace("{i}", str(i)))] if masks_dir else []
+            sinks.append(sk)
+        extra = {"model": options["model"], "sidecar": options["sidecar"], "timeout": options["timeout"]} \
+            if kind == "remote" else {}
+        backend = open_backend(kind, artifact, provider=options["provider"], device=options["device"],
+                               threads=plan.intra_op, spinning=plan.spinning, precision=options["precision"],
+                               graph=options["graph"], **extra)
+        for notice in getattr(backend, "notices", ()):
+            _note(notice)
+        batcher = BatchingBackend([backend])
+        runner = MultiStreamRunner(sources, batcher, sinks=sinks, plan=plan, window=window, queue_size=queue_size,
+                                   duration=duration, threshold=threshold, sounding_threshold=sounding_threshold)
+    except (StreamError, Exception) as exc:  # noqa: BLE001 - one line, never a traceback
+        for sk in sinks:
+            for s in sk:
+                try:
+                    s.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        for src in sources:
+            src.stop()
+        if batcher is not None:
+            batcher.close()
+        _fail(str(exc) if isinstance(exc, StreamError) else f"could not start the streams: {type(exc).__name__}: "
+              f"{one_line(exc)}")
+    b = batcher.describe()
+    click.echo(f"autr: model {kind} {os.path.basename(str(backend.artifact))} ({backend.input_size[0]}x"
+               f"{backend.input_size[1]}, T={window}), {len(inputs)} streams batched into calls of up to "
+               f"{b['max_frames']} frames" + ("" if b["stacking"] else " (not stacked: the clip query rule)"), err=True)
+    try:
+        rep = runner.run()
+    finally:
+        batcher.close()
+    for i, r in enumerate(rep["per_stream"]):
+        click.echo(f"stream {i} ({inputs[i]}): {_summary(r)}")
+    click.echo(f"{len(inputs)} streams: {rep['windows_output']} windows, {rep['windows_per_s'] or 0:.1f} windows/s, "
+               f"{rep['batching']['mean_frames_per_call'] or 0:.2f} frames per call, dropped {rep['dropped']}")
+    if report_path:
+        try:
+            click.echo(f"wrote {write_report(rep, report_path)}")
+        except OSError as exc:
+            _fail(f"cannot write the report {report_path}: {exc}", code=1)
+    if rep["errors"]:
+        _fail("; ".join(rep["errors"]), code=1)
 
 
 def main(argv=None):  # `python -m autr.runtime` (the same command as `autr stream`)

@@ -1,4 +1,5 @@
-"""Backends: ``ort`` (portable ONNX + sidecar), ``torch`` (checkpoint), ``trt`` (engine + plugin), ``fake``.
+"""Backends: ``ort`` (portable ONNX + sidecar), ``torch`` (checkpoint), ``trt`` (engine + plugin), ``remote`` (an Open
+Inference Protocol server: ``grpc://HOST:PORT`` + model name + sidecar), ``fake``.
 
 Importing this package imports no backend library: :func:`open_backend` imports the one asked for. The
 torch backend (:mod:`.torch_backend`) is the only module of the runtime that imports torch.
@@ -32,6 +33,8 @@ def backend_kind_for(artifact) -> str:
     """The backend an artifact needs: ``.engine`` / ``.plan`` -> trt, ``.onnx`` or an export directory ->
     ort, ``.safetensors`` or ``"default"`` -> torch."""
     text = str(artifact)
+    if text.startswith("grpc://"):
+        return "remote"
     if text == "default":
         return "torch"
     p = Path(text)
@@ -52,7 +55,8 @@ def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
     """Open a backend. ``kind`` None picks it from the artifact (:func:`backend_kind_for`).
 
     Options: ort -- ``provider`` (cpu | cuda | auto), ``threads``, ``spinning``, ``graph``, ``precision``, ``frames``; torch -- ``device``, ``threads``;
-    trt -- ``plugin_library``, ``device`` (index); fake -- ``input_size``, ``delay``, ``t_max``.
+    trt -- ``plugin_library``, ``device`` (index); fake -- ``input_size``, ``delay``, ``t_max``;
+    remote (artifact ``grpc://HOST:PORT``) -- ``model``, ``sidecar``, ``version``, ``timeout``, ``reconnect_s``.
     """
     kind = kind or backend_kind_for(artifact)
     if kind == "ort":
@@ -82,4 +86,9 @@ def open_backend(kind: str | None = None, artifact=None, **options) -> Backend:
 
         return FakeBackend(input_size=options.get("input_size", (224, 224)), delay=options.get("delay", 0.0),
                            t_max=options.get("t_max", 16))
-    raise BackendError(f"unknown backend {kind!r}; choose ort, torch, trt or fake")
+    if kind == "remote":
+        from .remote import RemoteBackend
+
+        return RemoteBackend(artifact, options.get("model"), options.get("sidecar"), version=options.get("version", ""),
+                             timeout=options.get("timeout", 10.0), reconnect_s=options.get("reconnect_s", 20.0))
+    raise BackendError(f"unknown backend {kind!r}; choose ort, torch, trt, remote or fake")
