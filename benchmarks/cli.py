@@ -232,8 +232,10 @@ def stream_cmd(ctx, backend, checkpoint, preset, onnx, engine, input_file, secon
               help="Export directory (or 'default', the shipped export).")
 @click.option("--paths", default="inprocess,server", show_default=True,
               help="inprocess (the runtime's batcher) and/or server (KServe ModelServer over gRPC on loopback).")
-@click.option("--instances", default=1, show_default=True, help="ONNX Runtime sessions behind the batcher.")
-@click.option("--threads", type=int, help="Intra-op threads per session (default: one per core).")
+@click.option("--instances", type=int, default=None,
+              help="ONNX Runtime sessions behind the batcher (default: the serving plan, "
+                   "autr.runtime.threads.plan_instances: one session per core on one thread each when N >= 2).")
+@click.option("--threads", type=int, help="Intra-op threads per session (default: the serving plan's).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, help="The batcher's queue delay.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot here.")

@@ -34,7 +34,7 @@ def validate_serve_args(streams: str, seconds: float, warmup: float, instances: 
         raise BenchError(f"--seconds must be positive; got {seconds}")
     if warmup < 0:
         raise BenchError(f"--warmup must be >= 0 seconds; got {warmup}")
-    if instances < 1:
+    if instances is not None and instances < 1:
         raise BenchError(f"--instances must be >= 1; got {instances}")
     if threads is not None and threads < 1:
         raise BenchError(f"--threads must be >= 1; got {threads}")
@@ -164,47 +164,66 @@ def stop_server(proc) -> None:
         os.unlink(log_path)
 
 
+def _plans(streams, instances, threads) -> dict:
+    """N -> (sessions, threads per session): the runtime's serving plan (runtime.threads.plan_instances) when
+    `instances` is None, else `instances` sessions on `threads` threads for every N."""
+    from autr.runtime.threads import available_cores, plan_instances
+
+    if instances is None:
+        return {n: plan_instances(n, threads=threads) for n in streams}
+    return {n: (int(instances), threads or available_cores()) for n in streams}
+
+
 def run_serve_bench(streams=(1, 2, 4, 8), seconds: float = 10.0, warmup: float = 2.0, export="default",
-                    instances: int = 1, threads=None, max_delay_ms: float = 2.0, paths=PATHS, log=print) -> dict:
+                    instances: int | None = None, threads=None, max_delay_ms: float = 2.0, paths=PATHS,
+                    log=print) -> dict:
     from autr.runtime.backends import open_backend, shipped_export
     from autr.runtime.multi import BatchingBackend
 
     art = str(shipped_export()) if str(export) == "default" else str(export)
     rows = []
+    plans = _plans(streams, instances, threads)
     probe = open_backend("ort", art, threads=threads, spinning=False)
     windows = _windows(probe.input_size)
     probe.close()
     if "inprocess" in paths:
-        backends = [open_backend("ort", art, threads=threads, spinning=False) for _ in range(instances)]
-        batcher = BatchingBackend(backends, max_delay=max_delay_ms / 1000.0)
+        for plan in dict.fromkeys(plans.values()):  # one batcher per plan, its N in order
+            k, t = plan
+            batcher = BatchingBackend([open_backend("ort", art, threads=t, spinning=False) for _ in range(k)],
+                                      max_delay=max_delay_ms / 1000.0)
+            try:
+                for n in [n for n in streams if plans[n] == plan]:
+                    log(f"in-process, {n} stream(s), {k} session(s) x {t} thread(s) ...")
+                    before = (batcher.calls, batcher.frames)
+                    r = _closed_loop([batcher.infer] * n, windows, seconds, warmup)
+                    calls, frames = batcher.calls - before[0], batcher.frames - before[1]
+                    r.update(path="inprocess", mean_frames_per_call=round(frames / max(1, calls), 3), sessions=k,
+                             threads_per_session=t)
+                    rows.append(r)
+            finally:
+                batcher.close()
+    for plan in dict.fromkeys(plans.values()) if "server" in paths else ():
+        k, t = plan
+        proc, port = start_server(export, instances=k, threads=t, max_delay_ms=max_delay_ms)
         try:
-            for n in streams:
-                log(f"in-process, {n} stream(s) ...")
-                before = (batcher.calls, batcher.frames)
-                r = _closed_loop([batcher.infer] * n, windows, seconds, warmup)
-                calls, frames = batcher.calls - before[0], batcher.frames - before[1]
-                r.update(path="inprocess", mean_frames_per_call=round(frames / max(1, calls), 3))
-                rows.append(r)
-        finally:
-            batcher.close()
-    if "server" in paths:
-        proc, port = start_server(export, instances=instances, threads=threads, max_delay_ms=max_delay_ms)
-        try:
-            for n in streams:
-                log(f"server, {n} stream(s) ...")
+            for n in [n for n in streams if plans[n] == plan]:
+                log(f"server, {n} stream(s), {k} session(s) x {t} thread(s) ...")
                 clients = [open_backend("remote", f"grpc://127.0.0.1:{port}", model="autr",
                                         sidecar=os.path.join(art, "model.json")) for _ in range(n)]
                 r = _closed_loop([c.infer for c in clients], windows, seconds, warmup)
                 srv = [c.server_time.summary_ms() for c in clients]
                 net = [c.network.summary_ms() for c in clients]
                 r.update(path="server", server_p50_ms=round(float(np.median([s["p50"] for s in srv if s["count"]])), 2),
-                         network_p50_ms=round(float(np.median([x["p50"] for x in net if x["count"]])), 2))
+                         network_p50_ms=round(float(np.median([x["p50"] for x in net if x["count"]])), 2),
+                         sessions=k, threads_per_session=t)
                 for c in clients:
                     c.close()
                 rows.append(r)
         finally:
             stop_server(proc)
-    return {"rows": rows, "summary": _summary(rows)}
+    rows.sort(key=lambda r: (PATHS.index(r["path"]) if r["path"] in PATHS else 9, r["streams"]))
+    return {"rows": rows, "summary": _summary(rows),
+            "plans": {str(n): {"sessions": k, "threads_per_session": t} for n, (k, t) in plans.items()}}
 
 
 def _row(rows, path, n):

@@ -477,10 +477,11 @@ def _stream_many(kind, artifact, inputs, realtime, silent_audio, queue_size, out
     from autr.runtime import MaskPngSink, MediaSource, Mp4Sink, StreamError, open_backend, write_report
     from autr.runtime.errors import one_line
     from autr.runtime.multi import BatchingBackend, MultiStreamRunner
-    from autr.runtime.threads import plan_threads
+    from autr.runtime.threads import plan_instances, plan_threads
 
     try:
         plan = plan_threads(pipeline=True, threads=threads)
+        sessions, per_session = plan_instances(len(inputs), threads=threads) if kind != "remote" else (1, None)
     except ValueError as exc:
         _fail(str(exc))
     sources, sinks, batcher = [], [], None
@@ -494,12 +495,14 @@ def _stream_many(kind, artifact, inputs, realtime, silent_audio, queue_size, out
             sinks.append(sk)
         extra = {"model": options["model"], "sidecar": options["sidecar"], "timeout": options["timeout"]} \
             if kind == "remote" else {}
-        backend = open_backend(kind, artifact, provider=options["provider"], device=options["device"],
-                               threads=plan.intra_op, spinning=plan.spinning, precision=options["precision"],
-                               graph=options["graph"], **extra)
-        for notice in getattr(backend, "notices", ()):
+        # the serving plan: one session per core on one thread each once there are streams to keep them busy
+        backends = [open_backend(kind, artifact, provider=options["provider"], device=options["device"],
+                                 threads=per_session or plan.intra_op, spinning=plan.spinning,
+                                 precision=options["precision"], graph=options["graph"], **extra)
+                    for _ in range(sessions)]
+        for notice in getattr(backends[0], "notices", ()):
             _note(notice)
-        batcher = BatchingBackend([backend])
+        batcher = BatchingBackend(backends)
         runner = MultiStreamRunner(sources, batcher, sinks=sinks, plan=plan, window=window, queue_size=queue_size,
                                    duration=duration, threshold=threshold, sounding_threshold=sounding_threshold)
     except (StreamError, Exception) as exc:  # noqa: BLE001 - one line, never a traceback
@@ -515,10 +518,11 @@ def _stream_many(kind, artifact, inputs, realtime, silent_audio, queue_size, out
             batcher.close()
         _fail(str(exc) if isinstance(exc, StreamError) else f"could not start the streams: {type(exc).__name__}: "
               f"{one_line(exc)}")
-    b = batcher.describe()
+    b, backend = batcher.describe(), backends[0]
     click.echo(f"autr: model {kind} {os.path.basename(str(backend.artifact))} ({backend.input_size[0]}x"
                f"{backend.input_size[1]}, T={window}), {len(inputs)} streams batched into calls of up to "
-               f"{b['max_frames']} frames" + ("" if b["stacking"] else " (not stacked: the clip query rule)"), err=True)
+               f"{b['max_frames']} frames" + ("" if b["stacking"] else " (not stacked: the clip query rule)")
+               + f" on {sessions} session(s)", err=True)
     try:
         rep = runner.run()
     finally:

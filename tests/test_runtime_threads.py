@@ -158,3 +158,14 @@ def test_ort_session_specialised_to_the_streams_T(tmp_path):
         static.infer(frames[:1], log_mel[:1])
     with pytest.raises(BackendError, match="1..8"):
         open_backend("ort", path, threads=1, frames=9)
+
+
+def test_serving_plan_puts_one_session_per_core_once_streams_can_fill_them():
+    from autr.runtime.threads import plan_instances
+
+    assert plan_instances(1, cores=2) == (1, 2)  # one stream: one session on every core
+    assert plan_instances(4, cores=2) == (2, 1)  # streams to spare: a session per core, one thread each
+    assert plan_instances(3, cores=8) == (3, 2)
+    assert plan_instances(4, cores=2, threads=2) == (1, 2)  # --threads fixes the threads per session
+    with pytest.raises(ValueError, match="--threads"):
+        plan_instances(2, cores=2, threads=0)
