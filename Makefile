@@ -103,7 +103,6 @@ default-export: $(VENV)/.installed
 presets: install
 	$(BIN)/autr presets --measure
 
-# The MSDA kernel for sm_80/86/89/90, plus the TensorRT plugin when TRT_INCLUDE names TensorRT's include/.
 # The committed CPU results and the README's performance section (run it on a quiet machine).
 bench: install
 	$(BIN)/autr bench model --backend torch,ort,openvino,trt --precision fp32,fp16,int8 --frames 1,5 --warmup 3 --iters 30 \
