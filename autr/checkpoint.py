@@ -1,4 +1,11 @@
-"""Checkpoints: safetensors weights with the model config in their metadata. Loading never unpickles."""
+"""Checkpoints: safetensors weights with the model config in their metadata. Loading never unpickles.
+
+The config carries everything the weights need to mean the same thing again, freezing included: a model
+loaded from a checkpoint has the same encoders frozen (`AutrConfig.freeze_visual` / `freeze_audio`) and
+picks its query by the same rule (`query_select`). Checkpoints of earlier versions, without those fields,
+load as they were made: per-frame query selection, and the visual backbone frozen where their
+`backbone_frozen` metadata says so.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +17,7 @@ from pathlib import Path
 import torch
 
 from autr import __version__
-from autr.presets import AutrConfig
+from autr.presets import BEHAVIOUR_FIELDS, AutrConfig
 
 CONFIG_KEY = "autr_config"
 
@@ -64,16 +71,19 @@ def read_checkpoint(path) -> tuple[AutrConfig, dict, dict]:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path} has no '{CONFIG_KEY}' metadata: it was not written by autr")
-    try:
-        cfg = AutrConfig.from_dict(json.loads(meta.pop(CONFIG_KEY)))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: its config is not valid for this toolkit ({exc})") from None
     extra = {}
     for k, v in meta.items():
         try:
             extra[k] = json.loads(v)
         except json.JSONDecodeError:
             extra[k] = v
+    try:
+        config = extra.pop(CONFIG_KEY)
+        if "freeze_visual" not in config:  # written before freezing was configuration
+            config["freeze_visual"] = bool(extra.get("backbone_frozen", False))
+        cfg = AutrConfig.from_dict(config)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: its config is not valid for this toolkit ({exc})") from None
     return cfg, tensors, extra
 
 
@@ -82,7 +92,8 @@ def load_checkpoint(path, expect: "AutrConfig | str | None" = None):
 
     `expect` (a preset name or config) guards against loading a checkpoint of another config: any
     architecture field that differs is named in the error (the input size is not one: a checkpoint
-    records the size it was trained at, and the model runs at any multiple of 32).
+    records the size it was trained at, and the model runs at any multiple of 32; nor are the
+    BEHAVIOUR_FIELDS, freezing and the query rule, which do not change the weights).
     """
     from autr.model import AuTR
     from autr.presets import get_config
@@ -92,7 +103,8 @@ def load_checkpoint(path, expect: "AutrConfig | str | None" = None):
     if expect is not None:
         want = get_config(expect)
         diff = {k: (v, getattr(cfg, k)) for k, v in want.to_dict().items()
-                if k not in ("name", "extra", "dropout", "image_size") and getattr(cfg, k) != v}
+                if k not in ("name", "extra", "dropout", "image_size", *BEHAVIOUR_FIELDS)
+                and getattr(cfg, k) != v}
         if diff:
             lines = ", ".join(f"{k}: expected {a!r}, checkpoint has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"{path} was trained with another config ({lines})")

@@ -151,26 +151,56 @@ def data_synth(root, mode, n_train, n_val, n_test, seed, size, open_set, workers
               help="Local timm/torchvision backbone state dict (frozen once loaded).")
 @click.option("--vggish-weights", type=click.Path(exists=True, dir_okay=False),
               help="Local PyTorch VGGish state dict (full-width presets).")
+@click.option("--freeze-visual/--train-visual", default=None,
+              help="Freeze the visual backbone or train it (default: frozen when loaded from --backbone-weights "
+                   "or frozen in the --init checkpoint).")
+@click.option("--freeze-audio/--train-audio", default=None,
+              help="Freeze the audio encoder or train it (default: frozen when loaded from --vggish-weights "
+                   "or frozen in the --init checkpoint).")
 @click.option("--no-audio-queries", is_flag=True, help="Ablation: plain learnable queries.")
 @click.option("--no-dynamic-conv", is_flag=True, help="Ablation: dot-product mask head.")
+@click.option("--query-select", type=click.Choice(["clip", "frame"]), default=None,
+              help="Inference query rule stored in the checkpoint (default: clip, the query of highest clip-mean "
+                   "sounding probability).")
+@click.option("--pixel-pool", is_flag=True, help="Option: global-pooling context in the pixel decoder.")
+@click.option("--dynamic-reference", is_flag=True, help="Option: decoder reference points refined per layer.")
+@click.option("--aux-loss", is_flag=True, help="Option: losses on every decoder layer's output.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "step", "cosine"]), default="constant",
+              show_default=True, help="step: x0.1 after --lr-drop epochs; cosine: to 0 at the end.")
+@click.option("--warmup-epochs", default=0.0, show_default=True, help="Linear learning-rate warm-up (epochs).")
+@click.option("--lr-drop", type=int, default=None, help="Step schedule: epochs before the drop (default 4/5).")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, **kw):
+def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, freeze_visual, freeze_audio, query_select,
+          pixel_pool, dynamic_reference, aux_loss, **kw):
     """Train AuTR (paper defaults: AdamW 1e-4, wd 5e-4, batch 8, 50 epochs). Use torchrun for DDP."""
     from autr.presets import list_presets
 
     if kw["preset"] not in list_presets():
         _fail(f"unknown preset {kw['preset']!r}; choose from {', '.join(list_presets())}")
-    _check_train_args(kw)
-    _check_split(kw["data"], kw["mode"], "train", "to train on")
-    _check_split(kw["data"], kw["mode"], "val", "to choose the best epoch with")
-    from autr.training import TrainConfig, train as run
-
+    freeze = {k: v for k, v in (("freeze_visual", freeze_visual), ("freeze_audio", freeze_audio)) if v is not None}
     overrides = {}
     if no_audio_queries:
         overrides["audio_queries"] = False
     if no_dynamic_conv:
         overrides["dynamic_conv"] = False
-    cfg = TrainConfig(**kw, overrides=overrides, amp=not no_amp, progress=not quiet)
+    if query_select:
+        overrides["query_select"] = query_select
+    for name, on in (("pixel_pool", pixel_pool), ("dynamic_reference", dynamic_reference), ("aux_loss", aux_loss)):
+        if on:
+            overrides[name] = True
+    _check_train_args(kw)
+    if kw["resume"] and (freeze or overrides):
+        flags = [f"--freeze-{k[7:]}/--train-{k[7:]}" for k in freeze]
+        flags += ["--query-select" if k == "query_select" else f"--{'no-' if v is False else ''}{k.replace('_', '-')}"
+                  for k, v in overrides.items()]
+        _fail(f"--resume continues with the run's own model config (freezing and options included); drop "
+              f"{', '.join(flags)}")
+    _check_split(kw["data"], kw["mode"], "train", "to train on")
+    _check_split(kw["data"], kw["mode"], "val", "to choose the best epoch with")
+    from autr.training import TrainConfig, train as run
+
+    cfg = TrainConfig(**kw, overrides=overrides, freeze=freeze, amp=not no_amp, progress=not quiet)
     try:
         result = run(cfg)
     except (ValueError, FileNotFoundError, OSError) as exc:
@@ -193,9 +223,11 @@ def _check_train_args(kw: dict) -> None:
         _fail(f"--workers must be >= 0; got {kw['workers']}")
     if kw["size"] is not None and kw["size"] < 32:
         _fail(f"--size must be >= 32 pixels; got {kw['size']}")
-    for key in ("max_train_clips", "max_val_clips"):
-        if kw[key] is not None and kw[key] < 1:
+    for key in ("max_train_clips", "max_val_clips", "lr_drop", "threads"):
+        if kw.get(key) is not None and kw[key] < 1:
             _fail(f"--{key.replace('_', '-')} must be >= 1; got {kw[key]}")
+    if kw.get("warmup_epochs", 0) < 0:
+        _fail(f"--warmup-epochs must be >= 0; got {kw['warmup_epochs']}")
 
 
 def _check_split(root, mode: str, split: str, purpose: str) -> None:
@@ -231,9 +263,12 @@ def _print_metrics(result: dict) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the metrics here.")
 @click.option("--overlays", type=click.Path(file_okay=False), help="Write frame | GT | prediction PNGs here.")
+@click.option("--query-select", type=click.Choice(["clip", "frame"]), default=None,
+              help="Query rule to evaluate with (default: the checkpoint's).")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, size, device, json_out,
-             overlays, quiet):
+             overlays, query_select, threads, quiet):
     """Evaluate a checkpoint: mIoU, F-score (AVSBench), dataset mIoU, audio_swap (SynthAVS)."""
     if bool(data) == synthetic:
         _fail("give exactly one of --data DIR or --synthetic")
@@ -241,14 +276,22 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
         _fail(f"--clips must be >= 1; got {clips}")
     if size is not None and size < 32:
         _fail(f"--size must be >= 32 pixels; got {size}")
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be >= 1; got {threads}")
     if data:
         _check_split(data, mode, split, "to evaluate")
+    import torch
+
     from autr.checkpoint import CheckpointError, load_model
 
+    if threads:
+        torch.set_num_threads(threads)
     try:
         model = load_model(checkpoint, device)
     except (CheckpointError, RuntimeError) as exc:
         _fail(str(exc))
+    if query_select:
+        model.cfg = model.cfg.replace(query_select=query_select)
     from autr import evaluation
 
     size = size or model.cfg.image_size
@@ -263,7 +306,7 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
             _fail(str(exc))
     _print_metrics(result)
     if json_out:
-        record = {"checkpoint": str(checkpoint), "mode": mode, "size": size,
+        record = {"checkpoint": str(checkpoint), "mode": mode, "size": size, "query_select": model.cfg.query_select,
                   "source": {"synthetic": {"seed": seed, "clips": clips, "open_set": open_set}} if synthetic
                   else {"data": data, "split": split}, **result}
         with open(json_out, "w") as f:

@@ -30,6 +30,9 @@ The rule (per clip b with frames F_b, valid weights v_t, GT g_t, "g_t non-empty"
 5. Each loss is a per-frame value (focal: pixel mean; dice: per frame; sound: mean over Nq) averaged over
    valid frames with weights v_t; loss = l_dice * loss_dice + l_focal * loss_focal + l_sound * loss_sound.
    With no valid frame at all every loss is an exact 0 that stays attached to the graph.
+6. Auxiliary outputs (``outputs["aux_outputs"]``: a list of dicts like ``outputs``, one per earlier decoder
+   layer, from a model with ``aux_loss``): each is matched and scored by steps 1-5 on its own, as DETR and
+   ReferFormer do; their weighted totals add up to ``loss_aux``, which is added to ``loss``.
 
 Default weights
 ---------------
@@ -90,7 +93,9 @@ class AutrCriterion(torch.nn.Module):
     """Best-query matching per clip + dice/focal mask losses + sounding-score BCE (see module docstring).
 
     ``forward(outputs, gt, valid=None, clip_len=None)`` returns a dict with scalar tensors ``loss_dice``,
-    ``loss_focal``, ``loss_sound``, ``loss`` (weighted total) and ``matched`` (LongTensor ``[B]``, detached).
+    ``loss_focal``, ``loss_sound``, ``loss`` (weighted total) and ``matched`` (LongTensor ``[B]``, detached);
+    with ``aux_outputs`` also ``loss_aux`` (already part of ``loss``). The dice / focal / sound terms and
+    ``matched`` are the last layer's.
     """
 
     def __init__(self, lambda_dice: float = DEFAULT_WEIGHTS["lambda_dice"],
@@ -166,6 +171,16 @@ class AutrCriterion(torch.nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, outputs: Dict[str, torch.Tensor], gt: torch.Tensor,
                 valid: Optional[torch.Tensor] = None, clip_len: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        losses = self.layer_losses(outputs, gt, valid, clip_len)
+        aux = outputs.get("aux_outputs") if isinstance(outputs, dict) else None
+        if aux:
+            losses["loss_aux"] = sum(self.layer_losses(a, gt, valid, clip_len)["loss"] for a in aux)
+            losses["loss"] = losses["loss"] + losses["loss_aux"]
+        return losses
+
+    def layer_losses(self, outputs: Dict[str, torch.Tensor], gt: torch.Tensor,
+                     valid: Optional[torch.Tensor] = None, clip_len: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Rule steps 1-5 on one layer's ``pred_masks`` / ``pred_scores``."""
         T = int(self.clip_len if clip_len is None else clip_len)
         self._check(outputs, gt, valid, T)
         masks = outputs["pred_masks"].float()

@@ -11,7 +11,8 @@ class VisualBackbone(nn.Module):
 
     Strides 8/16/32 feed the transformer (the paper's three scales); stride 4 feeds only the pixel
     decoder's last FPN stage, where the mask features are made. Never downloads weights: load a
-    local file with `autr.weights.load_backbone_weights`, which also freezes the backbone.
+    local file with `autr.weights.load_backbone_weights`. Freezing is the model's config
+    (`freeze_visual`, applied by `autr.model.AuTR`), not this module's.
     """
 
     def __init__(self, name: str, feature_indices: tuple):
@@ -22,19 +23,6 @@ class VisualBackbone(nn.Module):
         self.strides = list(self.body.feature_info.reduction())
         if self.strides != [4, 8, 16, 32]:
             raise ValueError(f"backbone {name} gives strides {self.strides}, expected [4, 8, 16, 32]")
-        self.frozen = False
-
-    def freeze(self) -> None:
-        """Freeze weights and batch-norm statistics (the paper freezes a pretrained backbone)."""
-        self.frozen = True
-        self.body.requires_grad_(False)
-        self.body.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.body.eval()
-        return self
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
         return self.body(frames)

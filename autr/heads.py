@@ -17,26 +17,43 @@ class PixelDecoder(nn.Module):
     """Top-down FPN over the encoder memory (strides 32 -> 16 -> 8) and the backbone's stride-4 map.
 
     After each merge the map cross-attends to the frame's audio, so the mask features already know
-    which sound is playing. Output: mask features [N, mask_dim, H/4, W/4].
+    which sound is playing. With `pool` each stage then adds a global context: the map's spatial mean
+    through a 1x1 conv, broadcast back over the map (the image-level pooling of ParseNet / DeepLabv3; the
+    paper's pixel decoder aggregates "with cross-attention and pooling" without saying which pooling). The
+    convs start at zero, so the option starts from the plain decoder. Output: mask features
+    [N, mask_dim, H/4, W/4].
     """
 
-    def __init__(self, dim: int, c4: int, mask_dim: int, n_heads: int):
+    def __init__(self, dim: int, c4: int, mask_dim: int, n_heads: int, pool: bool = False):
         super().__init__()
         self.smooth = nn.ModuleList(conv_gn_relu(dim, dim) for _ in range(2))  # strides 16, 8
         self.lateral4 = nn.Sequential(nn.Conv2d(c4, dim, 1, bias=False), nn.GroupNorm(min(32, dim // 4), dim))
         self.smooth4 = conv_gn_relu(dim, dim)
         self.audio_attn = nn.ModuleList(AudioCrossAttention(dim, n_heads) for _ in range(3))
+        self.pool = nn.ModuleList(nn.Conv2d(dim, dim, 1) for _ in range(3)) if pool else None
+        if pool:
+            for conv in self.pool:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         self.out = nn.Conv2d(dim, mask_dim, 1)
+
+    def stage_out(self, i: int, y: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """The end of stage i: audio cross-attention, then (with `pool`) the pooled global context."""
+        y = self.audio_attn[i].forward_map(y, audio)
+        if self.pool is not None:
+            # the spatial mean as a sum (ONNX ReduceSum, alike in every opset >= 13; ReduceMean changed at 18)
+            y = y + self.pool[i](y.sum(dim=(2, 3), keepdim=True) / (y.shape[-2] * y.shape[-1]))
+        return y
 
     def forward(self, memory_maps: list[torch.Tensor], feat4: torch.Tensor, audio: torch.Tensor):
         """memory_maps: [N, C, H/8, W/8], [N, C, H/16, W/16], [N, C, H/32, W/32]."""
         y = memory_maps[2]
         for i, lateral in enumerate((memory_maps[1], memory_maps[0])):
             y = self.smooth[i](lateral + upsample_like(y, lateral))
-            y = self.audio_attn[i].forward_map(y, audio)
+            y = self.stage_out(i, y, audio)
         lat4 = self.lateral4(feat4)
         y = self.smooth4(lat4 + upsample_like(y, lat4))
-        y = self.audio_attn[2].forward_map(y, audio)
+        y = self.stage_out(2, y, audio)
         return self.out(y)
 
 

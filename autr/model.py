@@ -8,8 +8,15 @@
     queries ─ dynamic conv over the mask features ─ Nq masks;  queries ─ linear ─ Nq sounding scores
 
 Training mode returns every query: `pred_masks` [N, Nq, H/4, W/4] and `pred_scores` [N, Nq]
-(N = frames of all clips). Eval mode returns, per frame, the mask of the query with the highest
-sounding score upsampled to the input size: `masks` [T, H, W] logits and `scores` [T] logits.
+(N = frames of all clips), and with `cfg.aux_loss` the same for every earlier decoder layer in
+`aux_outputs`. Eval mode returns one query's mask per frame, upsampled to the input size: `masks` [T, H, W]
+logits and `scores` [T] logits. Which query is `cfg.query_select`: "clip" (default) takes, for the whole
+clip, the query whose sounding probability is highest on average over its frames (ReferFormer's rule, the
+one query per clip that training matches); "frame" takes each frame's highest-scoring query. At T = 1, as in
+the live runtime (one window at a time), both rules pick the same query.
+
+Frozen encoders (`cfg.freeze_visual`, `cfg.freeze_audio`) take no gradient and stay in eval mode, so their
+batch-norm statistics never move, even under `model.train()`.
 """
 from __future__ import annotations
 
@@ -46,13 +53,29 @@ class AuTR(nn.Module):
         self.encoder = DeformableEncoder(cfg.enc_layers, d, N_LEVELS, cfg.n_heads, cfg.n_points,
                                          cfg.ffn_dim, cfg.dropout)
         self.decoder = AudioAwareDecoder(cfg.dec_layers, d, N_LEVELS, cfg.n_heads, cfg.n_points,
-                                         cfg.ffn_dim, cfg.dropout, cfg.n_queries, cfg.audio_queries)
-        self.pixel_decoder = PixelDecoder(d, self.visual.channels[0], cfg.mask_dim, cfg.n_heads)
+                                         cfg.ffn_dim, cfg.dropout, cfg.n_queries, cfg.audio_queries,
+                                         cfg.dynamic_reference)
+        self.pixel_decoder = PixelDecoder(d, self.visual.channels[0], cfg.mask_dim, cfg.n_heads, cfg.pixel_pool)
         if cfg.dynamic_conv:
             self.mask_head = DynamicMaskHead(d, cfg.mask_dim, cfg.dyn_channels, cfg.dyn_layers)
         else:
             self.mask_head = DotProductMaskHead(d, cfg.mask_dim)
         self.score_head = nn.Linear(d, 1)
+        for name in cfg.frozen_encoders:
+            getattr(self, name).requires_grad_(False)
+        self.train()
+
+    # ------------------------------------------------------------------ freezing
+    def train(self, mode: bool = True):
+        """As nn.Module.train, but frozen encoders stay in eval mode (fixed batch-norm statistics)."""
+        super().train(mode)
+        for name in self.cfg.frozen_encoders:
+            getattr(self, name).eval()
+        return self
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the frozen encoders (none of which may reach an optimiser)."""
+        return [p for name in self.cfg.frozen_encoders for p in getattr(self, name).parameters()]
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, frames: torch.Tensor, log_mel: torch.Tensor):
@@ -105,14 +128,23 @@ class AuTR(nn.Module):
         self.check_inputs(frames, log_mel)
         lead = frames.shape[:-3]
         frames, log_mel = frames.flatten(0, -4), log_mel.flatten(0, -4)
-        masks, scores = self.forward_queries(frames, log_mel)
         if self.training:
-            return {"pred_masks": masks, "pred_scores": scores}
-        best_mask, best_score = select_best_query(masks, scores, frames.shape[-2:])
+            layers = self.forward_layers(frames, log_mel)
+            out = {"pred_masks": layers[-1][0], "pred_scores": layers[-1][1]}
+            if self.cfg.aux_loss:
+                out["aux_outputs"] = [{"pred_masks": m, "pred_scores": sc} for m, sc in layers[:-1]]
+            return out
+        masks, scores = self.forward_queries(frames, log_mel)
+        clip_len = lead[-1] if self.cfg.query_select == "clip" else None
+        best_mask, best_score = select_best_query(masks, scores, frames.shape[-2:], clip_len)
         return {"masks": best_mask.view(*lead, *frames.shape[-2:]), "scores": best_score.view(lead)}
 
     def forward_queries(self, frames: torch.Tensor, log_mel: torch.Tensor):
         """frames [N,3,H,W], log_mel [N,1,96,64] -> all queries' mask logits [N,Nq,H/4,W/4], scores [N,Nq]."""
+        return self.forward_layers(frames, log_mel, all_layers=False)[-1]
+
+    def forward_layers(self, frames: torch.Tensor, log_mel: torch.Tensor, all_layers: bool = True):
+        """[(mask logits [N,Nq,H/4,W/4], scores [N,Nq])] for every decoder layer (or only the last one)."""
         feats = self.visual(frames)
         audio = self.audio_proj(self.audio(log_mel))  # [N, C]
         srcs, poss, shapes = [], [], []
@@ -128,20 +160,29 @@ class AuTR(nn.Module):
         spatial_shapes, level_start_index = self.level_tensors(shapes, src.device)
 
         memory = self.encoder(src, pos, shapes, spatial_shapes, level_start_index)
-        queries, reference = self.decoder(audio, memory, spatial_shapes, level_start_index)
+        queries, references = self.decoder(audio, memory, spatial_shapes, level_start_index)
 
         maps = [m.transpose(1, 2).reshape(m.shape[0], -1, h, w)
                 for m, (h, w) in zip(memory.split([h * w for h, w in shapes], 1), shapes)]
         mask_features = self.pixel_decoder(maps, feats[0], audio)
-        masks = self.mask_head(queries, reference, mask_features)
-        scores = self.score_head(queries).squeeze(-1)
-        return masks, scores
+        pairs = list(zip(queries, references)) if all_layers else [(queries[-1], references[-1])]
+        return [(self.mask_head(q, ref, mask_features), self.score_head(q).squeeze(-1)) for q, ref in pairs]
 
 
-def select_best_query(masks: torch.Tensor, scores: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's inference rule: per frame, the mask of the highest-scoring query, upsampled to `size`."""
-    n, _, h, w = masks.shape
-    best = scores.argmax(dim=1, keepdim=True)  # [N, 1]
+def select_best_query(masks: torch.Tensor, scores: torch.Tensor, size,
+                      clip_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query's mask per frame, upsampled to `size`, and its score: [N, *size], [N].
+
+    `clip_len` None: each frame's highest-scoring query. `clip_len` T (N = B*T, clips consecutive): for each
+    clip the query with the highest mean sounding probability (sigmoid of the score) over its T frames, shown
+    on every frame of the clip (ReferFormer's inference rule).
+    """
+    n, nq, h, w = masks.shape
+    if clip_len is None:
+        best = scores.argmax(dim=1, keepdim=True)  # [N, 1]
+    else:  # the sum over the clip ranks queries as the mean does (and exports as ReduceSum, alike in every opset)
+        clip_best = scores.sigmoid().view(-1, clip_len, nq).sum(1).argmax(dim=1)  # [B]
+        best = clip_best[:, None].expand(-1, clip_len).reshape(n, 1)
     mask = masks.gather(1, best[:, :, None, None].expand(n, 1, h, w))
     mask = F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     return mask, scores.gather(1, best)[:, 0]
@@ -152,9 +193,15 @@ def build_model(preset: "str | AutrConfig" = "small", *, backbone_weights=None, 
     """Build an AuTR model from a preset name (see `autr presets`) or a config.
 
     `overrides` replace config fields (e.g. `dynamic_conv=False`). `backbone_weights` /
-    `vggish_weights` are local files (see `autr.weights`); nothing is ever downloaded. `seed` makes
-    the random initialisation repeatable without touching the global RNG.
+    `vggish_weights` are local files (see `autr.weights`); nothing is ever downloaded. An encoder loaded
+    from such a file is frozen (`freeze_visual` / `freeze_audio` set), as in the paper, unless the override
+    names its flag (`freeze_visual=False` fine-tunes a loaded backbone). `seed` makes the random
+    initialisation repeatable without touching the global RNG.
     """
+    if backbone_weights is not None:
+        overrides.setdefault("freeze_visual", True)
+    if vggish_weights is not None:
+        overrides.setdefault("freeze_audio", True)
     cfg = get_config(preset, **overrides)
     if seed is None:
         model = AuTR(cfg)

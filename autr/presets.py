@@ -10,8 +10,14 @@ with fields overridden, which is how the paper's ablations (Table IV) are expres
 | small       | pvt_v2_b0  | 128 | 3 / 3          | VGGish, 1/4 width    | real-time CPU streaming      |
 | tiny        | resnet10t  | 64  | 1 / 2          | VGGish, 1/8 width    | unit tests (seconds per step)|
 
-The paper fixes d=256, 8 heads, 4 sampling points and Nq=5 audio-aware queries; the numbers of
-encoder / decoder layers follow Deformable-DETR (6 / 6), which AuTR builds on.
+Where each value comes from (`PROVENANCE` says it per field; a test keeps it complete). The AuTR paper
+(Liu et al. 2023) fixes the design (VGGish audio encoder, three visual scales, audio-aware queries, dynamic
+convolution, frozen pretrained encoders) and the ResNet-50 / PVT-v2 backbones, but it does not state the
+transformer's width, heads, sampling points, layers or number of queries. Those are the defaults of the
+code AuTR builds on: ReferFormer (Wu et al. 2022: d=256, 8 heads, 4 points, Nq=5, 4/4 layers, FFN 2048)
+and Deformable-DETR (Zhu et al. 2021: d=256, 8 heads, 4 points, 6/6 layers, FFN 1024). The paper presets
+take ReferFormer's d, heads, points and Nq, and Deformable-DETR's 6/6 layers and FFN 1024. The `small` and
+`tiny` sizes and every option marked "ours" are this toolkit's.
 """
 from __future__ import annotations
 
@@ -29,6 +35,16 @@ _BACKBONES = {
     "pvt_v2_b2": (0, 1, 2, 3),
     "pvt_v2_b5": (0, 1, 2, 3),
 }
+
+
+QUERY_RULES = ("clip", "frame")
+ENCODERS = {"visual": "freeze_visual", "audio": "freeze_audio"}  # encoder module -> its freeze field
+# Fields that change how a model trains or which query it shows, not the shapes of its weights: a checkpoint
+# loads into a config that differs from its own in these (e.g. `--init` with other freeze flags).
+BEHAVIOUR_FIELDS = ("freeze_visual", "freeze_audio", "query_select", "aux_loss")
+# Values that configs written before a field existed were made with (checkpoints and export sidecars of
+# earlier versions): they picked the query per frame.
+LEGACY_VALUES = {"query_select": "frame"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,17 @@ class AutrConfig:
     max_frames: int = 5  # T_max: frames per clip the model accepts (AVSBench clips have 5)
     audio_queries: bool = True  # ablation (paper Table IV): False = plain learnable queries
     dynamic_conv: bool = True  # ablation (paper Table IV): False = dot-product mask head
+    # Frozen encoders: no gradients, batch-norm statistics fixed (eval mode even in model.train()).
+    # build_model sets them for the encoders it loads from pretrained files, unless told otherwise.
+    freeze_visual: bool = False
+    freeze_audio: bool = False
+    # Inference: "clip" shows, on every frame, the query with the highest mean sounding probability over
+    # the clip (one query per clip, as training matches); "frame" picks the best query of each frame.
+    # At T = 1 (the live runtime) the two are the same.
+    query_select: str = "clip"
+    pixel_pool: bool = False  # option: global-average-pooling context after each pixel-decoder stage
+    dynamic_reference: bool = False  # option: decoder reference points refined from the queries, per layer
+    aux_loss: bool = False  # training: the losses on every decoder layer's queries (adds "aux_outputs")
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes, kept in checkpoints
 
     def __post_init__(self):
@@ -69,10 +96,17 @@ class AutrConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if self.query_select not in QUERY_RULES:
+            raise ValueError(f"query_select must be one of {', '.join(QUERY_RULES)}; got {self.query_select!r}")
 
     @property
     def feature_indices(self) -> tuple:
         return _BACKBONES[self.backbone]
+
+    @property
+    def frozen_encoders(self) -> list[str]:
+        """Names of the frozen encoder modules ("visual", "audio")."""
+        return [name for name, flag in ENCODERS.items() if getattr(self, flag)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,11 +116,12 @@ class AutrConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AutrConfig":
+        """A config from its dict; keys missing from an older file take LEGACY_VALUES, then the defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; this toolkit knows {sorted(names)}")
-        return cls(**d)
+        return cls(**{**LEGACY_VALUES, **d})
 
     def replace(self, **overrides) -> "AutrConfig":
         names = {f.name for f in dataclasses.fields(self)}
@@ -96,18 +131,76 @@ class AutrConfig:
         return dataclasses.replace(self, **overrides)
 
 
+# The source of every AutrConfig default, i.e. of the paper presets' values. "ReferFormer" is Wu et al.
+# 2022 (github.com/wjn922/ReferFormer, opts.py); "Deformable-DETR" is Zhu et al. 2021.
+PROVENANCE = {
+    "name": "ours (a label)",
+    "backbone": "paper: ResNet-50 (paper-r50)",
+    "d_model": "ReferFormer and Deformable-DETR (hidden_dim 256); the paper does not state it",
+    "n_heads": "ReferFormer and Deformable-DETR (nheads 8); the paper does not state it",
+    "n_points": "ReferFormer and Deformable-DETR (enc/dec_n_points 4); the paper does not state it",
+    "n_queries": "ReferFormer (num_queries 5); the paper does not state it",
+    "enc_layers": "Deformable-DETR (6; ReferFormer uses 4); the paper does not state it",
+    "dec_layers": "Deformable-DETR (6; ReferFormer uses 4); the paper does not state it",
+    "ffn_dim": "Deformable-DETR (1024; ReferFormer uses 2048); the paper does not state it",
+    "dropout": "ReferFormer and Deformable-DETR (0.1)",
+    "audio_dim": "paper: VGGish's 128-d embedding",
+    "vggish_width": "paper: the original VGGish",
+    "vggish_fc": "paper: the original VGGish",
+    "mask_dim": "CondInst (8 mask-feature channels read by the dynamic convolution)",
+    "dyn_channels": "ReferFormer (dynamic_mask_channels 8, as CondInst)",
+    "dyn_layers": "ReferFormer (controller_layers 3, as CondInst)",
+    "image_size": "AVSBench (224 x 224 frames), which the paper uses",
+    "max_frames": "AVSBench (5 frames per clip)",
+    "audio_queries": "paper (audio-aware queries; Table IV ablates them)",
+    "dynamic_conv": "paper (dynamic-convolution mask head; Table IV ablates it)",
+    "freeze_visual": "paper (pretrained encoders are frozen): build_model freezes an encoder it loads from a "
+                     "pretrained file; False by default because an encoder without one trains from scratch",
+    "freeze_audio": "paper (pretrained encoders are frozen): as freeze_visual, for the VGGish audio encoder",
+    "query_select": "ReferFormer's inference (the query of highest clip-mean score), the rule consistent with "
+                    "training's per-clip matching; no difference measured on SynthAVS "
+                    "(benchmarks/results/paper_fidelity_synth.json)",
+    "pixel_pool": "ours (the paper's pixel decoder aggregates 'with cross-attention and pooling', no details); "
+                  "off: on SynthAVS it lowered held-out mIoU and audio_swap "
+                  "(benchmarks/results/paper_fidelity_synth.json)",
+    "dynamic_reference": "ours, after Deformable-DETR's iterative refinement and ReferFormer's predicted "
+                         "reference points; off: on SynthAVS its mIoU gain stayed within the seed spread and "
+                         "audio_swap did not rise (benchmarks/results/paper_fidelity_synth.json)",
+    "aux_loss": "DETR / ReferFormer option (ReferFormer trains with it); off: no change beyond the seed spread on "
+                "SynthAVS (benchmarks/results/paper_fidelity_synth.json)",
+    "extra": "ours (free-form notes)",
+}
+
 _PRESETS: dict[str, AutrConfig] = {}
+_SOURCES: dict[str, dict] = {}
 
 
-def register_preset(cfg: AutrConfig) -> AutrConfig:
+def register_preset(cfg: AutrConfig, sources: "dict | str" = "ours") -> AutrConfig:
+    """Register a preset; `sources` names the source of every field it overrides ("ours": all of them)."""
     if cfg.name in _PRESETS:
         raise ValueError(f"preset {cfg.name!r} is already registered")
+    base = AutrConfig()
+    changed = [f.name for f in dataclasses.fields(cfg)
+               if f.name != "name" and getattr(cfg, f.name) != getattr(base, f.name)]
+    sources = {k: sources for k in changed} if isinstance(sources, str) else dict(sources)
+    missing = sorted(set(changed) - set(sources))
+    if missing:
+        raise ValueError(f"preset {cfg.name!r} overrides {missing} without naming their source")
     _PRESETS[cfg.name] = cfg
+    _SOURCES[cfg.name] = sources
     return cfg
 
 
+def provenance(preset: str) -> dict:
+    """{field: where the preset's value comes from} for every config field of a registered preset."""
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(_PRESETS)}")
+    return {f.name: _SOURCES[preset].get(f.name, PROVENANCE[f.name]) for f in dataclasses.fields(AutrConfig)}
+
+
 register_preset(AutrConfig(name="paper-r50", backbone="resnet50"))
-register_preset(AutrConfig(name="paper-pvt", backbone="pvt_v2_b5"))
+register_preset(AutrConfig(name="paper-pvt", backbone="pvt_v2_b5"),
+                sources={"backbone": "paper: PVT-v2 (the b5 size is AVSBench's TPAVI baseline's)"})
 register_preset(
     AutrConfig(
         name="small", backbone="pvt_v2_b0", d_model=128, enc_layers=3, dec_layers=3,

@@ -4,6 +4,16 @@ Paper defaults: AdamW, lr 1e-4, weight decay 5e-4, batch 8 clips, 50 epochs, AMP
 Multi-GPU / multi-node through `torchrun` (DDP; gloo on CPU, NCCL on GPU): every process reads
 its shard of the training set, rank 0 evaluates and writes.
 
+Frozen encoders (`AutrConfig.freeze_visual` / `freeze_audio`) are configuration: a new run freezes the
+encoders it loads from pretrained files (`--backbone-weights`, `--vggish-weights`), `--init` keeps the
+freezing of the checkpoint it starts from, `--resume` that of the run; `freeze` (the CLI's
+`--freeze-visual/--train-visual`, `--freeze-audio/--train-audio`) overrides a new run either way. No frozen
+parameter reaches the optimiser (`check_optimizer` refuses the run otherwise).
+
+Learning rate: constant (the paper's), `step` (x0.1 after `lr_drop` epochs, default 4/5 of the run as
+Deformable-DETR's 40 of 50) or `cosine` (to 0 at the last step), each after an optional linear warm-up of
+`warmup_epochs`; it is a function of the global step, so `--resume` continues the same curve.
+
 The run directory holds:
     last.safetensors         model weights + config (+ epoch, metrics) — loadable by `autr eval`
     last.state.safetensors   optimiser / AMP state for `--resume`
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +39,7 @@ from autr.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from autr.criterion import AutrCriterion
 from autr.engine import evaluate, train_one_epoch
 from autr.model import build_model
+from autr.presets import ENCODERS
 
 
 @dataclass
@@ -53,7 +65,77 @@ class TrainConfig:
     init: str | None = None  # fine-tune from this checkpoint (paper Table II: S4 -> MS3)
     backbone_weights: str | None = None
     vggish_weights: str | None = None
+    freeze: dict = field(default_factory=dict)  # {"freeze_visual": bool, "freeze_audio": bool}: overrides
+    lr_schedule: str = "constant"  # constant | step | cosine
+    warmup_epochs: float = 0.0
+    lr_drop: int | None = None  # step schedule: lr x0.1 after this many epochs (default: 4/5 of the run)
+    threads: int | None = None  # torch CPU threads (default: torch's)
     progress: bool = True
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0; got {self.warmup_epochs}")
+        if self.lr_drop is not None and self.lr_drop < 1:
+            raise ValueError(f"lr_drop must be an epoch >= 1; got {self.lr_drop}")
+        unknown = sorted(set(self.freeze) - set(ENCODERS.values()))
+        if unknown:
+            raise ValueError(f"freeze takes {', '.join(ENCODERS.values())}; got {unknown}")
+        if self.resume and self.freeze:
+            raise ValueError("--resume continues a run with the encoders it froze; freezing flags only apply to a "
+                             "new run (or --init)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1; got {self.threads}")
+
+
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """lr_at(step) -> the learning rate at a global step (0-based) of a run of cfg.epochs epochs."""
+    total = cfg.epochs * steps_per_epoch
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    drop = (cfg.lr_drop if cfg.lr_drop is not None else max(1, round(0.8 * cfg.epochs))) * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        factor = 1.0
+        if cfg.lr_schedule == "step" and step >= drop:
+            factor = 0.1
+        elif cfg.lr_schedule == "cosine":
+            progress = min(1.0, max(0.0, (step - warm) / max(1, total - warm)))
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        if step < warm:
+            factor *= (step + 1) / warm
+        return cfg.lr * factor
+
+    return lr_at
+
+
+def freeze_flags(cfg: TrainConfig) -> dict:
+    """freeze_visual / freeze_audio of a new run: the --init checkpoint's, then True for an encoder loaded
+    from a pretrained file, then the explicit `cfg.freeze` overrides."""
+    flags = {}
+    if cfg.init:
+        init_cfg = read_checkpoint(cfg.init)[0]
+        flags = {f: getattr(init_cfg, f) for f in ENCODERS.values()}
+    if cfg.backbone_weights:
+        flags["freeze_visual"] = True
+    if cfg.vggish_weights:
+        flags["freeze_audio"] = True
+    return {**flags, **cfg.freeze}
+
+
+def check_optimizer(model, optimizer) -> None:
+    """Refuse a run where a frozen encoder's parameter is trainable or is in the optimiser."""
+    frozen = model.frozen_parameters()
+    if any(p.requires_grad for p in frozen):
+        raise RuntimeError(f"a parameter of a frozen encoder ({', '.join(model.cfg.frozen_encoders)}) requires grad")
+    ids = {id(p) for p in frozen}
+    leaked = sum(id(p) in ids for group in optimizer.param_groups for p in group["params"])
+    if leaked:
+        raise RuntimeError(f"{leaked} frozen parameter(s) of {', '.join(model.cfg.frozen_encoders)} reached the "
+                           "optimiser")
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -161,17 +243,17 @@ def train(cfg: TrainConfig) -> dict:
     rank, world, local_rank = _distributed()
     device = _device(cfg.device, local_rank)
     out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
 
     if cfg.resume:
         last, state = out / "last.safetensors", out / "last.state.safetensors"
         if not last.is_file() or not state.is_file():
             raise FileNotFoundError(f"--resume: {out} has no last.safetensors / last.state.safetensors")
-        model = load_checkpoint(last)
-        if read_checkpoint(last)[2].get("backbone_frozen"):
-            model.visual.freeze()
+        model = load_checkpoint(last)  # frozen as its config says
     else:
-        overrides = {**cfg.overrides, **({"image_size": cfg.size} if cfg.size else {})}
+        overrides = {**cfg.overrides, **({"image_size": cfg.size} if cfg.size else {}), **freeze_flags(cfg)}
         model = build_model(cfg.preset, seed=cfg.seed, backbone_weights=cfg.backbone_weights,
                             vggish_weights=cfg.vggish_weights, **overrides)
         if cfg.init:
@@ -191,6 +273,8 @@ def train(cfg: TrainConfig) -> dict:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    check_optimizer(model, optimizer)
+    lr_at = lr_schedule(cfg, len(train_loader))
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
     criterion = AutrCriterion()
@@ -212,15 +296,15 @@ def train(cfg: TrainConfig) -> dict:
             sampler.set_epoch(epoch)
         tic = time.time()
         losses = train_one_epoch(net, criterion, train_loader, optimizer, device, scaler=scaler, amp=amp,
-                                 progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                                 progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", lr_at=lr_at,
+                                 first_step=epoch * len(train_loader))
         if rank == 0:
             val = evaluate(model, val_loader, device, amp=amp, progress=progress)
             row = {"epoch": epoch + 1, "train": losses, "val": val, "seconds": time.time() - tic,
                    "lr": optimizer.param_groups[0]["lr"]}
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            meta = {"epoch": epoch + 1, "val": val, "data": cfg.data, "mode": cfg.mode,
-                    "backbone_frozen": model.visual.frozen}
+            meta = {"epoch": epoch + 1, "val": val, "data": cfg.data, "mode": cfg.mode}
             save_checkpoint(model, out / "last.safetensors", metadata=meta)
             if val["miou"] > best:
                 best = val["miou"]

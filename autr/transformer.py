@@ -174,11 +174,17 @@ class AudioAwareDecoder(nn.Module):
     With `audio_queries` (the paper's design) the content of every query is the projected audio
     embedding and the queries differ by their learnable position embeddings; without it (ablation)
     the content is a learnable embedding too and the decoder never sees the audio directly.
-    Each query's 2D reference point comes from its position embedding (Deformable-DETR, single stage).
+
+    Each query's 2D reference point comes from its position embedding (Deformable-DETR, single stage), so
+    by default it is a fixed spatial prior. With `dynamic_reference` every layer moves it by an offset
+    predicted from its query outputs, `ref <- sigmoid(logit(ref) + MLP(query))` (Deformable-DETR's
+    iterative refinement; ReferFormer's dynamic conv also reads predicted, input-dependent points): the next
+    layer samples around the moved point, and the last one is the dynamic conv's coordinate origin. The
+    MLPs' last layers start at zero, so an untrained model starts from the fixed priors.
     """
 
     def __init__(self, n_layers, dim, n_levels, n_heads, n_points, ffn_dim, dropout, n_queries,
-                 audio_queries: bool):
+                 audio_queries: bool, dynamic_reference: bool = False):
         super().__init__()
         self.audio_queries = audio_queries
         self.query_pos = nn.Embedding(n_queries, dim)
@@ -187,11 +193,18 @@ class AudioAwareDecoder(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(dim, n_levels, n_heads, n_points, ffn_dim, dropout) for _ in range(n_layers)
         )
+        self.refine = None
+        if dynamic_reference:
+            self.refine = nn.ModuleList(mlp([dim, dim, 2]) for _ in range(n_layers))
+            for head in self.refine:
+                nn.init.zeros_(head[-1].weight)
+                nn.init.zeros_(head[-1].bias)
         nn.init.xavier_uniform_(self.reference.weight)
         nn.init.zeros_(self.reference.bias)
 
     def forward(self, audio, memory, spatial_shapes, level_start_index):
-        """audio [N, C] -> query outputs [N, Nq, C] and reference points [N, Nq, 2]."""
+        """audio [N, C] -> per layer: query outputs [N, Nq, C] and reference points [N, Nq, 2] (x, y), as
+        two lists of n_layers entries (the last layer's come last)."""
         n = memory.shape[0]
         pos = self.query_pos.weight[None].expand(n, -1, -1)
         if self.audio_queries:
@@ -199,10 +212,21 @@ class AudioAwareDecoder(nn.Module):
         else:
             tgt = self.query_content.weight[None].expand(n, -1, -1)
         ref = self.reference(pos).sigmoid()
-        ref_levels = ref[:, :, None, :].expand(-1, -1, spatial_shapes.shape[0], -1)
-        for layer in self.layers:
+        outputs, refs = [], []
+        for i, layer in enumerate(self.layers):
+            ref_levels = ref[:, :, None, :].expand(-1, -1, spatial_shapes.shape[0], -1)
             tgt = layer(tgt, pos, ref_levels, memory, spatial_shapes, level_start_index)
-        return tgt, ref
+            if self.refine is not None:
+                ref = (inverse_sigmoid(ref) + self.refine[i](tgt)).sigmoid()
+            outputs.append(tgt)
+            refs.append(ref)
+        return outputs, refs
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """logit(x), clamped away from 0 and 1 (Deformable-DETR's)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def mlp(dims: list[int]) -> nn.Sequential:

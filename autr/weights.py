@@ -4,8 +4,7 @@ Backbone (`--backbone-weights FILE`): a timm or torchvision state dict of the sa
 the preset's backbone (`.safetensors`, or `.pth` / `.pt` / `.bin` read with `weights_only=True`).
 Classifier keys (`fc.*`, `head.*`, `classifier.*`, `head_drop.*`) are ignored; a `module.` or
 `backbone.` prefix and a `state_dict` / `model` wrapper are removed; nested stage names of the full
-timm model (`stages.0.`) are renamed to the feature wrapper's (`stages_0.`). The loaded backbone is frozen
-(weights and batch-norm statistics), as in the paper.
+timm model (`stages.0.`) are renamed to the feature wrapper's (`stages_0.`).
 
 VGGish (`--vggish-weights FILE`): the common PyTorch VGGish state dict (the torchvggish port of
 the TensorFlow release, e.g. `vggish-10086976.pth`). Its keys map one to one onto `model.audio`:
@@ -16,6 +15,10 @@ the TensorFlow release, e.g. `vggish-10086976.pth`). Its keys map one to one ont
 
 Only full-width VGGish presets (`vggish_width=1.0`, `vggish_fc=4096`: paper-r50, paper-pvt) can
 take these weights; the small presets use a narrower VGGish trained from scratch.
+
+Loading only loads. Freezing is configuration (`AutrConfig.freeze_visual` / `freeze_audio`): `build_model`
+freezes the encoders it loads from these files (weights and batch-norm statistics, as in the paper) unless
+told otherwise, and a checkpoint carries the flags wherever its weights go next.
 """
 from __future__ import annotations
 
@@ -107,12 +110,11 @@ def to_feature_net_keys(sd: dict, target: dict) -> dict:
 
 
 def load_backbone_weights(model, path) -> None:
-    """Load a local timm / torchvision backbone state dict into `model.visual` and freeze it."""
+    """Load a local timm / torchvision backbone state dict into `model.visual` (freezing is the config's)."""
     body = model.visual.body
     sd = to_feature_net_keys(read_state_dict(path), body.state_dict())
     _fit(body, sd, IGNORED_BACKBONE_PREFIXES,
          f"{model.cfg.backbone} backbone of preset {model.cfg.name!r}", path)
-    model.visual.freeze()
 
 
 def load_vggish_weights(model, path) -> None:

@@ -45,17 +45,34 @@ def test_forward_backward_every_preset(preset, t):
     assert torch.isfinite(pred["masks"]).all()
 
 
-def test_inference_returns_the_highest_scoring_query_upsampled(tiny):
+@pytest.mark.parametrize("rule", ["clip", "frame"])
+def test_inference_shows_the_query_its_rule_picks_upsampled(rule):
+    model = autr.build_model("tiny", seed=0, query_select=rule).eval()
     frames, log_mel = clip(3, 64)
-    tiny.eval()
     with torch.no_grad():
-        masks, scores = tiny.forward_queries(frames, log_mel)
-        out = tiny(frames, log_mel)
-    best = scores.argmax(1)
+        masks, scores = model.forward_queries(frames, log_mel)
+        out = model(frames, log_mel)
+    per_frame = scores.argmax(1)
+    assert len(set(per_frame.tolist())) > 1  # the rules disagree on this clip, so the test tells them apart
+    best = per_frame if rule == "frame" else scores.sigmoid().mean(0).argmax().repeat(3)
     torch.testing.assert_close(out["scores"], scores[torch.arange(3), best])
     want = torch.nn.functional.interpolate(masks[torch.arange(3), best][:, None], size=(64, 64),
                                            mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(out["masks"], want)
+
+
+def test_the_clip_rule_is_the_default_and_both_rules_agree_at_one_frame():
+    assert get_config("small").query_select == "clip" and get_config("paper-r50").query_select == "clip"
+    clip_model = autr.build_model("tiny", seed=0).eval()
+    frame_model = autr.build_model("tiny", seed=0, query_select="frame").eval()
+    frames, log_mel = clip(3, 64)
+    with torch.no_grad():
+        for t in range(3):  # T = 1, as the live runtime runs: the same query either way
+            a = clip_model(frames[t:t + 1], log_mel[t:t + 1])
+            b = frame_model(frames[t:t + 1], log_mel[t:t + 1])
+            assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["scores"], b["scores"])
+    with pytest.raises(ValueError, match="query_select must be one of clip, frame"):
+        get_config("tiny", query_select="video")
 
 
 def test_select_best_query_on_a_hand_made_case():
@@ -68,23 +85,40 @@ def test_select_best_query_on_a_hand_made_case():
     assert score.tolist() == pytest.approx([0.9, 2.0])
 
 
+def test_the_clip_rule_averages_probabilities_not_logits():
+    masks = torch.arange(4.0).view(2, 2, 1, 1).expand(2, 2, 2, 2)  # frame t, query q: value 2t + q
+    # query 0: logits 10, -1 (mean 4.5, mean probability 0.63); query 1: 2, 2 (mean 2, probability 0.88)
+    scores = torch.tensor([[10.0, 2.0], [-1.0, 2.0]])
+    mask, score = select_best_query(masks, scores, (2, 2), clip_len=2)
+    assert mask[:, 0, 0].tolist() == [1.0, 3.0] and score.tolist() == [2.0, 2.0]  # query 1 on both frames
+    mask, _ = select_best_query(masks, scores, (2, 2))
+    assert mask[:, 0, 0].tolist() == [0.0, 3.0]  # per frame: query 0, then query 1
+
+
 def test_frames_are_independent(tiny):
+    """Per-query outputs of a frame do not depend on the other frames (and neither do masks, per frame)."""
     frames, log_mel = clip(4, 64)
-    tiny.eval()
+    frame_rule = autr.build_model("tiny", seed=0, query_select="frame").eval()
     with torch.no_grad():
-        together = tiny(frames, log_mel)["masks"]
-        alone = torch.cat([tiny(frames[i:i + 1], log_mel[i:i + 1])["masks"] for i in range(4)])
+        together = frame_rule(frames, log_mel)["masks"]
+        alone = torch.cat([frame_rule(frames[i:i + 1], log_mel[i:i + 1])["masks"] for i in range(4)])
+        queries = tiny.eval().forward_queries(frames, log_mel)[0]
+        queries_alone = torch.cat([tiny.forward_queries(frames[i:i + 1], log_mel[i:i + 1])[0] for i in range(4)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(queries, queries_alone, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_of_clips_folds_into_frames(tiny):
+    """[B, T] input: each clip picks its own query (clip rule), as if run alone."""
     frames, log_mel = clip(4, 64)
     tiny.eval()
     with torch.no_grad():
-        flat = tiny(frames, log_mel)
         batched = tiny(frames.view(2, 2, 3, 64, 64), log_mel.view(2, 2, 1, 96, 64))
+        alone = [tiny(frames[i:i + 2], log_mel[i:i + 2]) for i in (0, 2)]
     assert batched["masks"].shape == (2, 2, 64, 64) and batched["scores"].shape == (2, 2)
-    torch.testing.assert_close(batched["masks"].flatten(0, 1), flat["masks"], rtol=1e-4, atol=1e-4)
+    for b in range(2):
+        torch.testing.assert_close(batched["masks"][b], alone[b]["masks"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(batched["scores"][b], alone[b]["scores"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"audio_queries": False}, {"dynamic_conv": False}])
