@@ -83,6 +83,14 @@ def _run(cmd: list[str], log, durations: Durations) -> float:
     return durations.add(_shown(cmd), time.time() - tic)
 
 
+def _metrics(cmd: list[str], log, durations: Durations) -> dict:
+    """The numbers of an `autr eval --json FILE` command's result, running it first unless FILE exists."""
+    path = Path(cmd[-1])
+    if not path.is_file():
+        _run(cmd, log, durations)
+    return {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, (int, float))}
+
+
 def commands(root: Path, args) -> dict:
     """The plan: data, train and eval command lines (lists, without the interpreter prefix)."""
     common = ["--preset", args.preset, "--size", str(args.size), "--workers", "0", "--threads", str(args.threads),
@@ -199,24 +207,14 @@ def run_all(root: Path, args, log=print) -> dict:
         run_dir = Path(step["train"][step["train"].index("--out") + 1])
         if not (run_dir / "done.json").is_file():
             (run_dir / "done.json").write_text(json.dumps({"train_seconds": _run(step["train"], log, durations)}))
-        tests = {}
-        for rule, cmd in step["eval"].items():
-            path = Path(cmd[-1])
-            if not path.is_file():
-                _run(cmd, log, durations)
-            tests[rule] = {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, (int, float))}
+        tests = {rule: _metrics(cmd, log, durations) for rule, cmd in step["eval"].items()}
         epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         best = max(epochs, key=lambda r: r["val"]["miou"])
         runs[name] = {"variant": step["variant"], "seed": step["seed"], "mode": step["mode"], "test": tests,
                       "best_epoch": best["epoch"], "val_miou_best": best["val"]["miou"],
                       "train_seconds": round(json.loads((run_dir / "done.json").read_text())["train_seconds"], 1),
                       "commands": [_shown(step["train"])] + [_shown(c) for c in step["eval"].values()]}
-    default = {}
-    for rule, cmd in plan["default"].items():
-        path = Path(cmd[-1])
-        if not path.is_file():
-            _run(cmd, log, durations)
-        default[rule] = {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, (int, float))}
+    default = {rule: _metrics(cmd, log, durations) for rule, cmd in plan["default"].items()}
     return {"s4_step_time": json.loads(step_file.read_text()), "runs": runs, "default": default,
             "measured_seconds": durations.total(),
             "data_commands": [_shown(c) for c in plan["data"].values()],

@@ -701,6 +701,7 @@ def test_preprocessing_wakes_no_blas_thread():
         "w = rng.standard_normal(15600) * 0.1\n"
         "frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)\n"
         "a = rng.standard_normal((400, 400))\n"
+        "import time; time.sleep(1.0)\n"  # OpenBLAS's workers spin for a while after they start: let them sleep
         "t0 = others()\n"
         "for _ in range(300):\n"
         "    P.log_mel_window(w); P.preprocess_frame(frame, 224); P.preprocess_frame(frame, 128)\n"
