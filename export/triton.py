@@ -21,7 +21,6 @@ is written, where tritonclient is installed (``autr[serve]``).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,13 +99,13 @@ def parse_config(text: str):
 
 
 def _read(path: Path) -> dict:
+    from autr.runtime.backends.sidecar import read_json_object
+    from autr.runtime.errors import SidecarError
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ExportError(f"{path} is not a JSON object")
-    return data
+        return read_json_object(path)
+    except SidecarError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _spec(directory: Path) -> tuple:

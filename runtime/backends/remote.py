@@ -16,7 +16,6 @@ model repository from ``autr export triton``, or KServe's ModelServer -- reached
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,7 +25,7 @@ import numpy as np
 from ..errors import BackendError, BackendUnavailable, SidecarError, one_line
 from ..stats import StageStats, now
 from .base import Backend, check_inputs
-from .sidecar import ONNX_SIDECAR, parse_spec
+from .sidecar import ONNX_SIDECAR, parse_spec, read_json_object
 
 __all__ = ["RemoteBackend", "parse_server_url", "resolve_sidecar", "INSTALL_HINT", "SERVER_TIME_PARAM"]
 
@@ -59,16 +58,6 @@ def resolve_sidecar(path) -> Path:
         raise SidecarError(f"sidecar not found: {p} (give the model's model.json, the directory that holds it, or "
                            "'default')")
     return p
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SidecarError(f"cannot read the sidecar {path}: {one_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise SidecarError(f"the sidecar {path} is not a JSON object")
-    return data
 
 
 def _import_client():
@@ -111,7 +100,7 @@ class RemoteBackend(Backend):
         if not model:
             raise BackendError("--server needs --model NAME (the model's name on the server)")
         side = resolve_sidecar(sidecar)
-        data = _read_json(side)
+        data = read_json_object(side)
         spec = parse_spec(data, where=f"sidecar {side}")
         super().__init__(spec.input_size, spec.t_min, spec.t_max, device=f"server {self.url}")
         self.sidecar = side

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SidecarError
+from ..errors import SidecarError, one_line
 
 __all__ = ["ModelSpec", "find_sidecar", "read_sidecar", "parse_spec", "check_preprocessing", "ONNX_SIDECAR"]
 
@@ -43,6 +43,17 @@ def find_sidecar(artifact) -> Path | None:
     return None
 
 
+def read_json_object(path) -> dict:
+    """The JSON object in `path`; SidecarError (one line) when it cannot be read or is not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SidecarError(f"cannot read the sidecar {path}: {one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise SidecarError(f"the sidecar {path} is not a JSON object")
+    return data
+
+
 def read_sidecar(artifact) -> tuple:
     """(path, dict) of the artifact's sidecar; SidecarError when missing or unreadable."""
     path = find_sidecar(artifact)
@@ -50,13 +61,7 @@ def read_sidecar(artifact) -> tuple:
         raise SidecarError(f"no sidecar next to {artifact} (looked for {Path(artifact).name}.json and "
                            f"{ONNX_SIDECAR}): the runtime reads the input size and T range from it and never guesses "
                            "-- export with `autr export onnx` (and `autr export trt` for an engine) to get one")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SidecarError(f"cannot read the sidecar {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise SidecarError(f"the sidecar {path} is not a JSON object")
-    return path, data
+    return path, read_json_object(path)
 
 
 def _ints(value, n: int):
