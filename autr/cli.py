@@ -117,15 +117,23 @@ def data():
 @click.option("--seed", default=0, show_default=True, help="Dataset seed (clips are deterministic given it).")
 @click.option("--size", default=224, show_default=True, help="Frame size (H = W).")
 @click.option("--open-set", is_flag=True, help="Hold out categories from train/val (paper Table III).")
+@click.option("--design", default="distinct", show_default=True,
+              help="Category design: 'distinct' (each category its own shape, colour and sound) or 'factored' "
+                   "(categories combine shared sound and visual factors; with --open-set the held-out categories "
+                   "are new combinations of factors seen in training).")
 @click.option("--workers", type=int, default=None, help="Processes (default: every core).")
-def data_synth(root, mode, n_train, n_val, n_test, seed, size, open_set, workers):
+def data_synth(root, mode, n_train, n_val, n_test, seed, size, open_set, design, workers):
     """Write a SynthAVS dataset in the AVSBench layout under ROOT."""
-    from autr.synth import generate
+    from autr.synth import check_design, generate
 
+    try:
+        check_design(design)
+    except ValueError as exc:
+        _fail(f"--design: {exc}")
     info = generate(root, mode=mode, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, size=size,
-                    open_set=open_set, workers=workers)
-    click.echo(f"wrote {n_train}/{n_val}/{n_test} {mode} clips to {root}" +
-               (f" (held out: {', '.join(info.get('held_out', []))})" if open_set else ""))
+                    open_set=open_set, workers=workers, design=design)
+    click.echo(f"wrote {n_train}/{n_val}/{n_test} {mode} clips ({design} categories) to {root}" +
+               (f" (held out: {', '.join(info.get('held_out_categories', []))})" if open_set else ""))
 
 
 @main.command()
@@ -259,6 +267,8 @@ def _print_metrics(result: dict) -> None:
 @click.option("--seed", default=1000, show_default=True, help="SynthAVS seed (--synthetic).")
 @click.option("--clips", default=100, show_default=True, help="Clips to generate (--synthetic).")
 @click.option("--open-set", is_flag=True, help="SynthAVS open-set split: report seen / unseen categories.")
+@click.option("--design", default="distinct", show_default=True,
+              help="SynthAVS category design (--synthetic): 'distinct' or 'factored' (as `autr data synth`).")
 @click.option("--size", type=int, default=None, help="Input size (default: the model's).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the metrics here.")
@@ -267,13 +277,21 @@ def _print_metrics(result: dict) -> None:
               help="Query rule to evaluate with (default: the checkpoint's).")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, size, device, json_out,
+def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, design, size, device, json_out,
              overlays, query_select, threads, quiet):
     """Evaluate a checkpoint: mIoU, F-score (AVSBench), dataset mIoU, audio_swap (SynthAVS)."""
     if bool(data) == synthetic:
         _fail("give exactly one of --data DIR or --synthetic")
     if synthetic and clips < 1:
         _fail(f"--clips must be >= 1; got {clips}")
+    from autr.synth import check_design
+
+    try:
+        check_design(design)
+    except ValueError as exc:
+        _fail(f"--design: {exc}")
+    if design != "distinct" and not synthetic:
+        _fail("--design applies to --synthetic only (a --data directory's design is in its synth_info.json)")
     if size is not None and size < 32:
         _fail(f"--size must be >= 32 pixels; got {size}")
     if threads is not None and threads < 1:
@@ -297,7 +315,7 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
     size = size or model.cfg.image_size
     if synthetic:
         result = evaluation.evaluate_synthetic(model, mode, seed, clips, size, device, open_set, overlays,
-                                               progress=not quiet)
+                                               progress=not quiet, design=design)
     else:
         try:
             result = evaluation.evaluate_dataset(model, data, mode, split, size, device, overlays,
@@ -307,7 +325,8 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, si
     _print_metrics(result)
     if json_out:
         record = {"checkpoint": str(checkpoint), "mode": mode, "size": size, "query_select": model.cfg.query_select,
-                  "source": {"synthetic": {"seed": seed, "clips": clips, "open_set": open_set}} if synthetic
+                  "source": {"synthetic": {"seed": seed, "clips": clips, "open_set": open_set, "design": design}}
+                  if synthetic
                   else {"data": data, "split": split}, **result}
         with open(json_out, "w") as f:
             json.dump(record, f, indent=2)

@@ -106,15 +106,17 @@ def overlay(frames_uint8: np.ndarray, gt: np.ndarray, logits: np.ndarray, path) 
 
 def evaluate_synthetic(model, mode: str = "s4", seed: int = 1000, clips: int = 100, size: int = 224,
                        device="cpu", open_set: bool = False, overlays: str | None = None,
-                       progress: bool = True) -> dict:
-    """Metrics on the test split that `autr data synth --seed SEED` would write, generated in memory."""
+                       progress: bool = True, design: str = "distinct") -> dict:
+    """Metrics on the test split that `autr data synth --seed SEED [--open-set] [--design DESIGN]` would write,
+    generated in memory. With `open_set`, also seen / unseen-category mIoU and F-score (`design="factored"`:
+    unseen categories are new combinations of factors seen in training)."""
     from autr.synth import dataset_clip
 
     model.eval().to(device)
     acc = AVSBenchAccumulator()
     generated = []
     for i in tqdm(range(clips), desc=f"SynthAVS {mode} seed {seed}", leave=False, disable=not progress):
-        clip = dataset_clip(seed, mode, "test", i, size=size, open_set=open_set)
+        clip = dataset_clip(seed, mode, "test", i, size=size, open_set=open_set, design=design)
         generated.append(clip)
         frames, log_mel = clip_inputs(clip, size)
         logits = predict(model, frames, log_mel, device)

@@ -57,6 +57,28 @@ Open set (paper Table III, seen vs. unseen): ``open_set=True`` holds `OPEN_SET_H
 val entirely (neither sounding nor distractor). Half of the test clips are *unseen* clips (at least one
 sounding object from a held-out category; distractors from any category), the other half *seen* clips
 (only seen categories). ``unseen`` is recorded per clip in the jsonl.
+
+Category designs (``design=``, ``autr data synth --design``, ``autr eval --synthetic --design``):
+- ``distinct`` (the default, `CATEGORIES`): every category has its own shape, colour, texture and sound.
+  A held-out category therefore shares *nothing* with the training ones; nothing learned can carry over
+  to it, and its unseen-category mIoU measures only failure (0.003 vs 0.588 seen in the first paper-tables
+  run). Clips of this design are bit-identical to those of generator 1.0.0 (pinned by
+  ``tests/test_synth_factored.py``; the embedded default's model card depends on it).
+- ``factored`` (`FACTORED_CATEGORIES`): categories are combinations of two shared factors, each of which
+  ties a sound cue to a visual cue: a *sound family* (timbre + rhythm: harmonic buzz with 12 Hz
+  modulation, vibrato whistle, 3 Hz noise bursts, 4 Hz decaying knocks) always goes with one *visual
+  family* (shape + texture: circle/stripes, square/dots, triangle/checker, star/rings), and a *pitch band*
+  (200, 480, 1150, 2800 Hz) always goes with one *colour* (red, green, blue, yellow). The 4 x 4 grid gives
+  16 categories named ``{family}_{band}`` (``buzz_low``...). ``open_set=True`` holds out one transversal of
+  the grid, `FACTORED_HELD_OUT` = buzz_mid, whistle_top, hiss_low, knock_high: every held-out category is a
+  NEW COMBINATION whose sound family (and so its shape and texture) and whose pitch band (and so its colour)
+  each appear in three training categories, never together. The rules "this timbre -> that shape, this
+  pitch -> that colour" are learnable from the training categories and are exactly what an unseen
+  category needs, so the seen / unseen gap of paper Table III measures whether a model learned
+  transferable audio-visual correspondences (compositional generalisation) rather than memorised
+  category identities. Distractors may share one factor with the sounding object (never both), so
+  following a single cue is not enough. synth_info.json records the factors, their sound -> look mapping
+  and the held-out combinations (``factor_design``); jsonl objects carry ``sound_family`` / ``pitch_band``.
 """
 from __future__ import annotations
 
@@ -73,7 +95,7 @@ from typing import Sequence
 
 import numpy as np
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1.0: factored design added; distinct clips unchanged since 1.0.0
 SAMPLE_RATE = 16000
 CLIP_SECONDS = 5
 N_FRAMES = 5
@@ -95,6 +117,10 @@ class Category:
     texture: str  # stripes, dots, checker, rings
     sound: str  # human-readable description of the signature
     band: tuple  # (lo, hi) Hz: where the signature's main energy lies (bands are disjoint)
+    # factored design only (empty in the distinct design): the shared factors this category combines
+    sound_family: str = ""  # timbre + rhythm family (FACTOR_SOUND_FAMILIES)
+    pitch_band: str = ""  # pitch band (FACTOR_PITCH_BANDS)
+    f0: float = 0.0  # the band's centre frequency, Hz
 
 
 CATEGORIES: tuple = (
@@ -123,18 +149,98 @@ CATEGORY_NAMES = tuple(c.name for c in CATEGORIES)
 _CAT_INDEX = {c.name: i for i, c in enumerate(CATEGORIES)}
 OPEN_SET_HELD_OUT = ("hexagon_whistle", "crescent_wind")
 
+# ------------------------------------------------------------------------------- factored design
+# Two shared factors. A sound family (timbre + rhythm) always goes with one visual family (shape + texture);
+# a pitch band always goes with one colour. A category is one (sound family, pitch band) combination.
+DESIGNS = ("distinct", "factored")
+FACTOR_SOUND_FAMILIES = {  # sound family: (description, shape, texture)
+    "buzz": ("harmonic buzz (harmonics 1-6 below 7 kHz, 1/h), 12 Hz amplitude modulation", "circle", "stripes"),
+    "whistle": ("pure tone, 6 Hz vibrato +-3 %", "square", "dots"),
+    "hiss": ("band-passed noise (0.85-1.18 x centre), 3 Hz on/off bursts", "triangle", "checker"),
+    "knock": ("decaying tone strikes (tau 60 ms, + 2x partial), 4 per second", "star", "rings"),
+}
+FACTOR_PITCH_BANDS = {  # pitch band: (centre Hz, colour)
+    "low": (200.0, (200, 45, 45)),  # red
+    "mid": (480.0, (45, 165, 60)),  # green
+    "high": (1150.0, (45, 85, 215)),  # blue
+    "top": (2800.0, (215, 185, 30)),  # yellow
+}
+# One held-out combination per sound family and per pitch band (a transversal of the 4 x 4 grid): every
+# held-out category's sound family, visual family, pitch band and colour each appear in 3 training categories.
+FACTORED_HELD_OUT = ("buzz_mid", "whistle_top", "hiss_low", "knock_high")
+
+
+def _factored_categories() -> tuple:
+    out = []
+    for fam, (desc, shape, texture) in FACTOR_SOUND_FAMILIES.items():
+        for band, (f0, color) in FACTOR_PITCH_BANDS.items():
+            out.append(Category(f"{fam}_{band}", shape, color, texture, f"{desc}, centred at {f0:g} Hz",
+                                (round(0.85 * f0, 1), round(1.18 * f0, 1)), sound_family=fam, pitch_band=band,
+                                f0=f0))
+    return tuple(out)
+
+
+FACTORED_CATEGORIES: tuple = _factored_categories()
+FACTORED_CATEGORY_NAMES = tuple(c.name for c in FACTORED_CATEGORIES)
+_FACTORED_INDEX = {c.name: i for i, c in enumerate(FACTORED_CATEGORIES)}
+
+
+def check_design(design: str) -> str:
+    """`design` if it names a category design, else ValueError with one clear line."""
+    if design not in DESIGNS:
+        raise ValueError(f"SynthAVS category design must be one of {', '.join(DESIGNS)}; got {design!r}")
+    return design
+
+
+def design_categories(design: str = "distinct") -> tuple:
+    """The category registry of a design (a tuple of `Category`)."""
+    return CATEGORIES if check_design(design) == "distinct" else FACTORED_CATEGORIES
+
+
+def held_out_categories(design: str = "distinct") -> tuple:
+    """The categories `open_set=True` holds out of train and val in a design."""
+    return OPEN_SET_HELD_OUT if check_design(design) == "distinct" else FACTORED_HELD_OUT
+
+
+def factor_design() -> dict:
+    """JSON description of the factored design (recorded in synth_info.json)."""
+    seen = [c for c in FACTORED_CATEGORIES if c.name not in FACTORED_HELD_OUT]
+    held = []
+    for c in FACTORED_CATEGORIES:
+        if c.name in FACTORED_HELD_OUT:
+            held.append({"category": c.name, "sound_family": c.sound_family, "pitch_band": c.pitch_band,
+                         "shape": c.shape, "texture": c.texture, "color": list(c.color),
+                         "train_categories_sharing_sound_family":
+                             [o.name for o in seen if o.sound_family == c.sound_family],
+                         "train_categories_sharing_pitch_band":
+                             [o.name for o in seen if o.pitch_band == c.pitch_band]})
+    return {
+        "factors": {
+            "sound_family -> visual family (shape, texture)": {
+                k: {"sound": d, "shape": sh, "texture": tx} for k, (d, sh, tx) in FACTOR_SOUND_FAMILIES.items()},
+            "pitch_band -> colour": {k: {"centre_hz": f0, "color": list(col)}
+                                     for k, (f0, col) in FACTOR_PITCH_BANDS.items()},
+        },
+        "category_rule": "category = sound_family x pitch_band; it looks like its sound family's shape and "
+                         "texture in its pitch band's colour",
+        "held_out_combinations": held,
+    }
+
 
 def category_names() -> list:
     return list(CATEGORY_NAMES)
 
 
 def get_category(name_or_index) -> Category:
+    """A category by name (either design) or by index (the distinct design's registry)."""
     if isinstance(name_or_index, (int, np.integer)):
         return CATEGORIES[int(name_or_index)]
-    try:
+    if name_or_index in _CAT_INDEX:
         return CATEGORIES[_CAT_INDEX[name_or_index]]
-    except KeyError:
-        raise KeyError(f"unknown SynthAVS category {name_or_index!r}; known: {', '.join(CATEGORY_NAMES)}") from None
+    if name_or_index in _FACTORED_INDEX:
+        return FACTORED_CATEGORIES[_FACTORED_INDEX[name_or_index]]
+    raise KeyError(f"unknown SynthAVS category {name_or_index!r}; known: {', '.join(CATEGORY_NAMES)} "
+                   f"(factored design: {', '.join(FACTORED_CATEGORY_NAMES)})")
 
 
 # --------------------------------------------------------------------------------------------- audio
@@ -166,6 +272,8 @@ def signature(category, n_samples: int = CLIP_SAMPLES, rng=None, sr: int = SAMPL
     """
     cat = category if isinstance(category, Category) else get_category(category)
     rng = np.random.default_rng(rng)
+    if cat.sound_family:
+        return _factored_signature(cat, n_samples, rng, sr)
     t = np.arange(n_samples) / sr
     j = 1.0 + rng.uniform(-0.015, 0.015)  # pitch jitter
     ph = rng.uniform(0, 1)
@@ -213,6 +321,35 @@ def signature(category, n_samples: int = CLIP_SAMPLES, rng=None, sr: int = SAMPL
         x = _bandpass_noise(rng, n_samples, 5500, 7500, sr) * np.exp(-tau / 0.008)
     else:  # pragma: no cover - registry and synthesisers are kept in step by the tests
         raise KeyError(name)
+    rms = float(np.sqrt(np.mean(x ** 2)))
+    return x / max(rms, 1e-12)
+
+
+def _factored_signature(cat: Category, n_samples, rng, sr=SAMPLE_RATE) -> np.ndarray:
+    """Factored design: the sound family fixes timbre and rhythm, the pitch band the frequency."""
+    t = np.arange(n_samples) / sr
+    f = cat.f0 * (1.0 + rng.uniform(-0.015, 0.015))
+    ph = rng.uniform(0, 1)
+    fam = cat.sound_family
+    if fam == "buzz":
+        hs = [h for h in range(1, 7) if f * h <= 7000.0]
+        x = _harmonics(t, f, hs, [1.0 / h for h in hs], rng)
+        x *= 1.0 - 0.8 * (0.5 + 0.5 * np.sin(2 * np.pi * 12 * t + 2 * np.pi * ph))
+    elif fam == "whistle":
+        fm, df = 6.0, 0.03 * f
+        x = np.sin(2 * np.pi * f * t + (df / fm) * np.sin(2 * np.pi * fm * t + 2 * np.pi * ph)
+                   + rng.uniform(0, 2 * np.pi))
+    elif fam == "hiss":
+        x = _bandpass_noise(rng, n_samples, 0.85 * f, 1.18 * f, sr)
+        x *= _smooth_gate(((t * 3 + ph) % 1.0) < 0.5, sr)
+    elif fam == "knock":
+        T = 0.25
+        tau = (t + ph * T) % T
+        p2 = rng.uniform(0, 2 * np.pi)
+        x = np.exp(-tau / 0.06) * (np.sin(2 * np.pi * f * tau) + (0.3 * np.sin(2 * np.pi * 2 * f * tau + p2)
+                                                                     if 2 * f <= 7000.0 else 0.0))
+    else:  # pragma: no cover - FACTOR_SOUND_FAMILIES and this function are kept in step by the tests
+        raise KeyError(fam)
     rms = float(np.sqrt(np.mean(x ** 2)))
     return x / max(rms, 1e-12)
 
@@ -302,6 +439,7 @@ class _Obj:
     rot0: float = 0.0
     rot_speed: float = 0.0
     pulse: float = 0.0  # relative radius oscillation amplitude
+    kind: Category = None  # the category itself (its registry depends on the design)
 
     def centre(self, t):
         c = self.c0 + self.vel * t + self.amp * np.sin(2 * np.pi * self.freq * t + self.phi)
@@ -319,7 +457,7 @@ class _Obj:
         a = self.rot0 + self.rot_speed * t
         ca, sa = math.cos(a), math.sin(a)
         u, v = ca * dx + sa * dy, -sa * dx + ca * dy
-        mask = _shape_mask(CATEGORIES[self.cat].shape, u, v, R)
+        mask = _shape_mask((self.kind or CATEGORIES[self.cat]).shape, u, v, R)
         return y0, y1, x0, x1, mask, u, v, R
 
 
@@ -412,7 +550,8 @@ def make_clip(rng_or_seed=None, mode: str = "s4", size: int = 224, *,
               p_big_bright: float = 0.6,
               p_on: float = 0.65,
               snr_db_range: tuple = (5.0, 20.0),
-              min_visible: float = 0.35) -> SynthClip:
+              min_visible: float = 0.35,
+              design: str = "distinct") -> SynthClip:
     """Generate one clip in memory.
 
     rng_or_seed: a `np.random.Generator`, an int seed, a SeedSequence or None.
@@ -423,16 +562,21 @@ def make_clip(rng_or_seed=None, mode: str = "s4", size: int = 224, *,
     n_objects: total objects (2-4; default random), n_sounding: sounding objects (ms3 only; default 1-3).
     min_visible: every object keeps at least this fraction of its area visible in every frame (layouts are
         re-drawn up to 30 times to satisfy it).
+    design: "distinct" (`CATEGORIES`) or "factored" (`FACTORED_CATEGORIES`): the registry the pools name.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    registry = design_categories(design)
+    reg_index = {c.name: i for i, c in enumerate(registry)}
     rng = _as_rng(rng_or_seed)
-    spool = list(sounding_pool) if sounding_pool is not None else list(CATEGORY_NAMES)
-    dpool = list(distractor_pool) if distractor_pool is not None else list(CATEGORY_NAMES)
+    spool = list(sounding_pool) if sounding_pool is not None else [c.name for c in registry]
+    dpool = list(distractor_pool) if distractor_pool is not None else [c.name for c in registry]
     for nm in spool + dpool + ([must_sound] if must_sound else []):
         get_category(nm)
+        if nm not in reg_index:
+            raise KeyError(f"SynthAVS category {nm!r} is not in the {design} design")
 
     # --- how many objects, which sound
     if mode == "s4":
@@ -479,12 +623,12 @@ def make_clip(rng_or_seed=None, mode: str = "s4", size: int = 224, *,
         if big_bright:
             radius = min(radius * rng.uniform(1.25, 1.6), 0.24)
             bright = rng.uniform(1.15, 1.35)
-        ci = _CAT_INDEX[name]
-        base = np.asarray(CATEGORIES[ci].color, dtype=np.float64)
+        ci = reg_index[name]
+        base = np.asarray(registry[ci].color, dtype=np.float64)
         color = np.clip(base * bright + rng.uniform(-8, 8, 3), 0, 255)
         objs.append(_Obj(cat=ci, sounding=sounding, on=on, gain=float(rng.uniform(0.5, 1.0)) if sounding else 0.0,
                          radius=float(radius), bright=float(bright), big_bright=big_bright, color=color,
-                         tex_period=float(rng.uniform(0.3, 0.55))))
+                         tex_period=float(rng.uniform(0.3, 0.55)), kind=registry[ci]))
     z_order = [int(i) for i in rng.permutation(len(objs))]  # drawn first .. last (last on top)
 
     # --- layout: smooth motion; re-draw until every object stays visible enough
@@ -524,7 +668,7 @@ def make_clip(rng_or_seed=None, mode: str = "s4", size: int = 224, *,
         for i in z_order:
             o = objs[i]
             y0, y1, x0, x1, m, u, v, R = patches[i][k]
-            pat = _texture(CATEGORIES[o.cat].texture, u, v, max(o.tex_period * R, 2.0))
+            pat = _texture(o.kind.texture, u, v, max(o.tex_period * R, 2.0))
             col = np.where(pat[..., None], o.color, o.color * 0.55)
             shade = 1.0 + 0.12 * (-(u + v) / max(R, 1.0)).clip(-1, 1)[..., None]  # soft light from top-left
             region = img[y0:y1, x0:x1]
@@ -538,7 +682,7 @@ def make_clip(rng_or_seed=None, mode: str = "s4", size: int = 224, *,
     mix = np.zeros(n)
     for o in objs:
         if o.sounding:
-            mix += o.gain * signature(o.cat, n, rng) * _second_gate(o.on, n)
+            mix += o.gain * signature(o.kind, n, rng) * _second_gate(o.on, n)
     any_on = np.repeat(np.any([o.on for o in objs if o.sounding], axis=0), SAMPLE_RATE)[:n]
     p_sig = float(np.mean(mix[any_on] ** 2)) if any_on.any() else float(np.mean(mix ** 2))
     snr_db = float(rng.uniform(*snr_db_range))
@@ -554,14 +698,15 @@ def make_clip(rng_or_seed=None, mode: str = "s4", size: int = 224, *,
         for i in range(len(objs)):
             if on_arr[i, k]:
                 gt[k] |= obj_masks[i, k]
-    sounding_per_second = [[CATEGORY_NAMES[objs[i].cat] for i in range(len(objs)) if on_arr[i, k]] for k in range(T)]
+    sounding_per_second = [[objs[i].kind.name for i in range(len(objs)) if on_arr[i, k]] for k in range(T)]
     held = set(held_out)
     objects = [{
-        "category": CATEGORY_NAMES[o.cat], "category_index": o.cat, "sounding": o.sounding, "on": list(o.on),
+        "category": o.kind.name, "category_index": o.cat, "sounding": o.sounding, "on": list(o.on),
         "gain": round(o.gain, 4), "radius": round(o.radius, 4), "bright": round(o.bright, 4),
         "big_bright": o.big_bright, "z": z_order.index(i),
+        **({"sound_family": o.kind.sound_family, "pitch_band": o.kind.pitch_band} if o.kind.sound_family else {}),
     } for i, o in enumerate(objs)]
-    unseen = any(CATEGORY_NAMES[o.cat] in held for o in objs if o.sounding)
+    unseen = any(o.kind.name in held for o in objs if o.sounding)
     return SynthClip(frames=frames, masks=gt, object_masks=obj_masks, wav=wav, objects=objects,
                      sounding_per_second=sounding_per_second, mode=mode, snr_db=snr_db, unseen=unseen)
 
@@ -577,14 +722,16 @@ def clip_name(mode: str, split: str, index: int) -> str:
     return f"synth_{mode}_{split}_{index:06d}"
 
 
-def split_pools(split: str, open_set: bool, unseen_clip: bool = False):
+def split_pools(split: str, open_set: bool, unseen_clip: bool = False, design: str = "distinct"):
     """(sounding_pool, distractor_pool, must_sound_choices) for a split."""
-    seen = [c for c in CATEGORY_NAMES if c not in OPEN_SET_HELD_OUT]
+    names = [c.name for c in design_categories(design)]
+    held_out = held_out_categories(design)
+    seen = [c for c in names if c not in held_out]
     if not open_set:
-        return list(CATEGORY_NAMES), list(CATEGORY_NAMES), None
+        return list(names), list(names), None
     if split in ("train", "val") or not unseen_clip:
         return seen, seen, None
-    return list(CATEGORY_NAMES), list(CATEGORY_NAMES), list(OPEN_SET_HELD_OUT)
+    return list(names), list(names), list(held_out)
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
@@ -612,23 +759,26 @@ def _paths(root: Path, mode: str, split: str, name: str, category: str) -> dict:
     }
 
 
-def dataset_clip(seed: int, mode: str, split: str, index: int, size: int = 224, open_set: bool = False) -> SynthClip:
-    """Clip `index` of `split` exactly as `generate(seed=seed, size=size, open_set=open_set)` writes it."""
+def dataset_clip(seed: int, mode: str, split: str, index: int, size: int = 224, open_set: bool = False,
+                 design: str = "distinct") -> SynthClip:
+    """Clip `index` of `split` exactly as `generate(seed=seed, size=size, open_set=open_set, design=design)`
+    writes it. The distinct design's clips do not depend on the factored design's existence (pinned by tests)."""
+    check_design(design)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     rng = np.random.default_rng(clip_seed(seed, mode, split, index))
     unseen_clip = bool(open_set and split == "test" and rng.random() < 0.5)
-    spool, dpool, must = split_pools(split, open_set, unseen_clip)
+    spool, dpool, must = split_pools(split, open_set, unseen_clip, design)
     must_sound = must[int(rng.integers(0, len(must)))] if must else None
     return make_clip(rng, mode, size, sounding_pool=spool, distractor_pool=dpool, must_sound=must_sound,
-                     held_out=OPEN_SET_HELD_OUT if open_set else ())
+                     held_out=held_out_categories(design) if open_set else (), design=design)
 
 
 def _generate_one(task):
-    root, mode, split, index, seed, size, open_set = task
-    clip = dataset_clip(seed, mode, split, index, size, open_set)
+    root, mode, split, index, seed, size, open_set, design = task
+    clip = dataset_clip(seed, mode, split, index, size, open_set, design)
     name = clip_name(mode, split, index)
     p = _paths(Path(root), mode, split, name, clip.category)
     for path in p["frames"]:
@@ -650,12 +800,15 @@ def _generate_one(task):
 
 
 def generate(root, mode: str = "s4", n_train: int = 100, n_val: int = 20, n_test: int = 20, seed: int = 0,
-             size: int = 224, open_set: bool = False, workers: int | None = None, progress: bool = True) -> dict:
+             size: int = 224, open_set: bool = False, workers: int | None = None, progress: bool = True,
+             design: str = "distinct") -> dict:
     """Write a SynthAVS dataset in the official AVSBench layout under `root` (see module docstring).
 
     Uses `workers` processes (default: every core); the output is identical for any worker count.
+    `design`: "distinct" (default) or "factored" categories (see the module docstring).
     Returns the `synth_info.json` entry of this mode.
     """
+    check_design(design)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
@@ -663,7 +816,8 @@ def generate(root, mode: str = "s4", n_train: int = 100, n_val: int = 20, n_test
         raise ValueError(f"clip counts must be >= 0, got {counts}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(root), mode, s, i, int(seed), int(size), bool(open_set)) for s in SPLITS for i in range(counts[s])]
+    tasks = [(str(root), mode, s, i, int(seed), int(size), bool(open_set), design)
+             for s in SPLITS for i in range(counts[s])]
     workers = int(workers) if workers else (os.cpu_count() or 1)
     workers = max(1, min(workers, len(tasks) or 1))
 
@@ -700,17 +854,26 @@ def generate(root, mode: str = "s4", n_train: int = 100, n_val: int = 20, n_test
         for i in infos:
             f.write(json.dumps(i, sort_keys=True) + "\n")
 
-    held = list(OPEN_SET_HELD_OUT) if open_set else []
+    held = list(held_out_categories(design)) if open_set else []
+    registry = design_categories(design)
     entry = {
-        "seed": int(seed), "size": int(size), "open_set": bool(open_set),
+        "seed": int(seed), "size": int(size), "open_set": bool(open_set), "design": design,
         "counts": counts,
         "held_out_categories": held,
-        "train_categories": [c for c in CATEGORY_NAMES if c not in held],
+        "train_categories": [c.name for c in registry if c.name not in held],
         "n_unseen_test_clips": sum(1 for i in infos if i["unseen"]),
         "clips_file": f"{mode}_synth_clips.jsonl",
         "meta_csv": f"{mode}_meta_data.csv",
         "full_gt_dir": "s4_data/gt_masks_full" if mode == "s4" else None,
     }
+    if design == "factored":
+        fd = factor_design()
+        if not open_set:
+            fd["held_out_combinations"] = []  # nothing is held out without open_set
+        entry["factor_design"] = fd
+        entry["categories"] = [{"name": c.name, "shape": c.shape, "color": list(c.color), "texture": c.texture,
+                                "sound": c.sound, "band_hz": list(c.band), "sound_family": c.sound_family,
+                                "pitch_band": c.pitch_band} for c in registry]
     info_path = root / "synth_info.json"
     doc = {}
     if info_path.is_file():
@@ -743,11 +906,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--open-set", action="store_true")
+    ap.add_argument("--design", choices=DESIGNS, default="distinct")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     generate(a.root, a.mode, a.n_train, a.n_val, a.n_test, seed=a.seed, size=a.size, open_set=a.open_set,
-             workers=a.workers, progress=not a.no_progress)
+             workers=a.workers, progress=not a.no_progress, design=a.design)
     return 0
 
 
