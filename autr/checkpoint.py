@@ -13,11 +13,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from autr import __version__
 from autr.presets import BEHAVIOUR_FIELDS, AutrConfig
+
+if TYPE_CHECKING:  # importing this module costs no torch: `autr demo` reads DEFAULT_CHECKPOINT and hashes it
+    import torch
 
 CONFIG_KEY = "autr_config"
 

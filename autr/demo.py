@@ -9,25 +9,18 @@ stage, FPS, drops, and the mean IoU with the sounding object's ground truth), an
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from autr.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, file_sha256, resolve_checkpoint
+from autr.export.errors import ExportError
+
 EXPORT_DIR = "model"
-DEFAULT_CHECKPOINT_FILE = "autr-small-synth.safetensors"  # autr.checkpoint.DEFAULT_CHECKPOINT (that imports torch)
 ISOLATED_RUNS = 20  # backend calls timed alone before the scene starts (the in-pipeline comparison)
 
 
 class DemoError(Exception):
     """The demo could not start (a missing checkpoint, a failed export); one line for the CLI."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_default(log=None) -> Path | None:
@@ -41,8 +34,7 @@ def shipped_default(log=None) -> Path | None:
         made_from = json.loads((target / "model.json").read_text()).get("checkpoint", {}).get("sha256")
     except (BackendError, OSError, ValueError):
         return None
-    checkpoint = Path(__file__).resolve().parent / "assets" / DEFAULT_CHECKPOINT_FILE
-    if checkpoint.is_file() and made_from != _sha256(checkpoint):
+    if DEFAULT_CHECKPOINT.is_file() and made_from != file_sha256(DEFAULT_CHECKPOINT):
         if log:
             log(f"the shipped export {target.name} was not made from the shipped checkpoint (sha256 differs): "
                 "exporting the checkpoint instead (`make default-export` refreshes it)")
@@ -60,19 +52,11 @@ def export_for_demo(checkpoint, out: Path, log=None) -> Path:
             return shipped
     try:
         return _export_for_demo(checkpoint, out, log)
-    except ModuleNotFoundError:
-        raise  # the CLI names the extra that brings it
-    except Exception as exc:
-        from autr.checkpoint import CheckpointError
-        from autr.export.errors import ExportError
-
-        if isinstance(exc, (CheckpointError, ExportError)):
-            raise DemoError(str(exc)) from None
-        raise
+    except (CheckpointError, ExportError) as exc:
+        raise DemoError(str(exc)) from None
 
 
 def _export_for_demo(checkpoint, out: Path, log=None) -> Path:
-    from autr.checkpoint import file_sha256, resolve_checkpoint
     from autr.export.onnx_export import export_onnx
 
     target = out / EXPORT_DIR
@@ -81,8 +65,6 @@ def _export_for_demo(checkpoint, out: Path, log=None) -> Path:
     else:
         path = resolve_checkpoint(checkpoint)
         if not path.is_file():
-            from autr.checkpoint import CheckpointError
-
             raise CheckpointError(f"checkpoint {path} does not exist; pass --checkpoint FILE, or 'default'")
         want, kwargs = {"sha256": file_sha256(path)}, {"checkpoint": str(path)}
     sidecar = target / "model.json"

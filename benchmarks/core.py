@@ -344,6 +344,33 @@ def envelope(kind: str, command: str, settings: dict, env: dict) -> dict:
             "threads": env["threads"], "settings": settings}
 
 
+def run_autr(args: list, log, who: str) -> float:
+    """Run ``autr ARGS`` in a child interpreter for a training driver (paper_tables, fidelity): the line is
+    logged first, a failure ends the driver with the command's last output; returns the seconds it took."""
+    shown = "autr " + shlex.join(args)
+    log(f"$ {shown}")
+    tic = time.time()
+    proc = subprocess.run([sys.executable, "-m", "autr.cli", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        sys.exit(f"{who}: `{shown}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    return time.time() - tic
+
+
+def driver_header(module: str, argv) -> dict:
+    """date, hardware and the command line of a training driver's result (``python -m autr.benchmarks.X``)."""
+    return {"date": utc_now(), "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
+            "command": f"python -m autr.benchmarks.{module} " + shlex.join(argv if argv is not None else sys.argv[1:])}
+
+
+def publish_table(result: dict, path, markdown) -> None:
+    """Add ``markdown(result)`` to the result, write it to `path` and print the table."""
+    result["markdown"] = markdown(result)
+    write_result(result, path)
+    print(result["markdown"])
+    print(f"wrote {path}")
+
+
 def write_result(result: dict, path) -> Path:
     """Write JSON atomically (numpy scalars / paths / non-finite floats cleaned), by the runtime's writer."""
     from autr.runtime.pipeline import write_report

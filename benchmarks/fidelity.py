@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .core import utc_now, write_result
+from .core import driver_header, publish_table, run_autr
 
 TEST_SEED = 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_fidelity_synth.json"
@@ -48,10 +45,6 @@ VARIANTS = {
     "cosine": ("cosine learning rate with 1 epoch of warm-up", ["--lr-schedule", "cosine", "--warmup-epochs", "1"]),
     "aux-loss": ("auxiliary losses on every decoder layer", ["--aux-loss"]),
 }
-
-
-def _autr() -> list[str]:
-    return [sys.executable, "-m", "autr.cli"]
 
 
 def _shown(cmd: list[str]) -> str:
@@ -75,12 +68,7 @@ class Durations:
 
 
 def _run(cmd: list[str], log, durations: Durations) -> float:
-    log(f"$ {_shown(cmd)}")
-    tic = time.time()
-    proc = subprocess.run(_autr() + cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode:
-        sys.exit(f"fidelity: `{_shown(cmd)}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    return durations.add(_shown(cmd), time.time() - tic)
+    return durations.add(_shown(cmd), run_autr(cmd, log, "fidelity"))
 
 
 def _metrics(cmd: list[str], log, durations: Durations) -> dict:
@@ -318,10 +306,7 @@ def main(argv=None) -> int:
         p.error(f"--size must be a multiple of 32; got {args.size}")
     started, load = time.time(), os.getloadavg()[0]
     measured = run_all(args.root, args)
-    result = {"date": utc_now(),
-              "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
-              "load_average_at_start": round(load, 2),
-              "command": "python -m autr.benchmarks.fidelity " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    result = {**driver_header("fidelity", argv), "load_average_at_start": round(load, 2),
               "budget": {k: getattr(args, k) for k in ("preset", "size", "train", "val", "epochs", "ms3_epochs",
                                                        "seeds", "test_clips", "threads")},
               "measured_seconds": measured["measured_seconds"],
@@ -333,10 +318,7 @@ def main(argv=None) -> int:
                           "so nothing is frozen; tests/test_freezing.py covers build, --init, --resume and checkpoints",
               "data_commands": measured["data_commands"], "default_commands": measured["default_commands"],
               "runs": measured["runs"]}
-    result["markdown"] = markdown(result)
-    write_result(result, args.out)
-    print(result["markdown"])
-    print(f"wrote {args.out}")
+    publish_table(result, args.out, markdown)
     return 0
 
 

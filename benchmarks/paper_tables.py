@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .core import utc_now, write_result
+from .core import driver_header, publish_table, run_autr
 
 TEST_SEED = 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_tables_synth.json"
@@ -41,18 +37,8 @@ RUNS = {
 DATA = {"s4": ("s4", False, 0), "ms3": ("ms3", False, 2), "s4-open": ("s4", True, 3)}  # mode, open set, seed
 
 
-def _autr() -> list[str]:
-    return [sys.executable, "-m", "autr.cli"]
-
-
 def _run(cmd: list[str], log) -> float:
-    shown = "autr " + shlex.join(cmd[3:])
-    log(f"$ {shown}")
-    tic = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode:
-        sys.exit(f"paper_tables: `{shown}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    return time.time() - tic
+    return run_autr(cmd, log, "paper_tables")
 
 
 def commands(root: Path, args) -> dict:
@@ -84,13 +70,13 @@ def run_all(root: Path, args, log=print) -> dict:
         step = plan[name]
         data_dir = Path(step["data"][2])
         if not (data_dir / "synth_info.json").is_file():
-            _run(_autr() + step["data"], log)
+            _run(step["data"], log)
         run_dir = root / name
         if not (run_dir / "done.json").is_file():
-            (run_dir / "done.json").write_text(json.dumps({"train_seconds": _run(_autr() + step["train"], log)}))
+            (run_dir / "done.json").write_text(json.dumps({"train_seconds": _run(step["train"], log)}))
         train_s = json.loads((run_dir / "done.json").read_text())["train_seconds"]
         if not (run_dir / "test.json").is_file():
-            _run(_autr() + step["eval"], log)
+            _run(step["eval"], log)
         test = json.loads((run_dir / "test.json").read_text())
         epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         best = max(epochs, key=lambda r: r["val"]["miou"])
@@ -135,15 +121,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     started = time.time()
     rows = run_all(args.root, args)
-    result = {"date": utc_now(),
-              "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
-              "command": "python -m autr.benchmarks.paper_tables " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    result = {**driver_header("paper_tables", argv),
               "budget": {k: getattr(args, k) for k in ("preset", "size", "train", "val", "epochs", "test_clips")},
               "seconds": round(time.time() - started, 1), "rows": rows}
-    result["markdown"] = markdown(result)
-    write_result(result, args.out)
-    print(result["markdown"])
-    print(f"wrote {args.out}")
+    publish_table(result, args.out, markdown)
     return 0
 
 

@@ -1,6 +1,5 @@
 """The export of the embedded default that ships inside the package (`--onnx default`, `autr demo`), the lean
 install it serves (no torch), and the one line a command gives when it needs an extra this install lacks."""
-import hashlib
 import json
 import os
 import subprocess
@@ -11,15 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autr.checkpoint import file_sha256
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "autr" / "assets" / "autr-small-synth-onnx"
 CHECKPOINT = REPO / "autr" / "assets" / "autr-small-synth.safetensors"
 # a fresh interpreter in which torch (and timm) cannot be imported: what the lean install looks like
 NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _sidecar() -> dict:
@@ -29,11 +26,11 @@ def _sidecar() -> dict:
 def test_shipped_export_was_made_from_the_shipped_checkpoint():
     """Fails when the checkpoint changed and the export was not remade (`make default-export`)."""
     side = _sidecar()
-    assert side["checkpoint"]["sha256"] == _sha256(CHECKPOINT), "stale shipped export: run `make default-export`"
+    assert side["checkpoint"]["sha256"] == file_sha256(CHECKPOINT), "stale shipped export: run `make default-export`"
     assert set(side["graphs"]) == {"plugin", "portable"}
     for kind, record in side["graphs"].items():
         path = SHIPPED / record["file"]
-        assert _sha256(path) == record["sha256"], f"{path.name} is not the file its sidecar describes"
+        assert file_sha256(path) == record["sha256"], f"{path.name} is not the file its sidecar describes"
         assert record["weights"] == {"storage": "float16", "compute": "float32",
                                      "initializers": record["weights"]["initializers"]}
         assert path.stat().st_size < 20 * 2 ** 20  # float16 weights: about half of the float32 file
