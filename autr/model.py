@@ -20,6 +20,8 @@ batch-norm statistics never move, even under `model.train()`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,6 +169,22 @@ class AuTR(nn.Module):
         mask_features = self.pixel_decoder(maps, feats[0], audio)
         pairs = list(zip(queries, references)) if all_layers else [(queries[-1], references[-1])]
         return [(self.mask_head(q, ref, mask_features), self.score_head(q).squeeze(-1)) for q, ref in pairs]
+
+
+@contextlib.contextmanager
+def deploy_form(model: nn.Module):
+    """Within the block, `model` (in eval mode) computes the same function in the form an export wants: exact
+    rewrites that trace to fewer and cheaper graph nodes (today: the audio cross-attention over its two keys
+    in closed form, `AudioCrossAttention.two_key_attention`). Training and the research baseline keep the
+    textbook form; the exporter traces in this one (as YOLO's `fuse()` folds batch norm only for deployment)."""
+    layers = [mod for mod in model.modules() if isinstance(mod, AudioCrossAttention)]
+    try:
+        for mod in layers:
+            mod.closed_form = True
+        yield model
+    finally:
+        for mod in layers:
+            mod.closed_form = False
 
 
 def select_best_query(masks: torch.Tensor, scores: torch.Tensor, size,

@@ -33,6 +33,8 @@ class AudioCrossAttention(nn.Module):
     trivially 1). Residual + LayerNorm, post-norm as in Deformable-DETR.
     """
 
+    closed_form = False  # set by `autr.model.deploy_form` for export: the same attention in fewer, cheaper ops
+
     def __init__(self, dim: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
@@ -42,10 +44,37 @@ class AudioCrossAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor, audio: torch.Tensor, pos: torch.Tensor | None = None):
         """tokens [N, S, C], audio [N, C], pos [N, S, C] or None -> [N, S, C]."""
-        kv = torch.cat((audio[:, None, :], self.null.expand(audio.shape[0], 1, -1)), dim=1)
         q = tokens if pos is None else tokens + pos
-        out, _ = self.attn(q, kv, kv, need_weights=False)
+        if self.closed_form and not self.training:
+            out = self.two_key_attention(q, audio)
+        else:
+            kv = torch.cat((audio[:, None, :], self.null.expand(audio.shape[0], 1, -1)), dim=1)
+            out, _ = self.attn(q, kv, kv, need_weights=False)
         return self.norm(tokens + out)
+
+    def two_key_attention(self, q: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """`self.attn(q, kv, kv)` in closed form for its two keys, the audio and the null token.
+
+        A softmax over two logits is the sigmoid of their difference, and that difference is linear in
+        the query, so per head h:  out = base + sum_h sigmoid(q . a_h + c_h) b_h,  where a_h, b_h [C] and c_h
+        come from the audio key / value minus the null token's (per frame) and base is the null token's
+        output (a constant). Per visual token that is two [C x M] products instead of the query and output
+        projections ([C x C] each) plus the attention. Exact up to float rounding; eval mode only
+        (attention dropout has no closed form)."""
+        attn = self.attn
+        n, c, m = q.shape[0], q.shape[-1], attn.num_heads
+        d = c // m
+        w_q, w_k, w_v = attn.in_proj_weight.split(c)
+        b_q, b_k, b_v = attn.in_proj_bias.split(c)
+        null = self.null.view(1, c)
+        dk = F.linear(audio - null, w_k).view(n, m, 1, d) * (d ** -0.5)  # key difference per head
+        dv = F.linear(audio - null, w_v).view(n, m, d, 1)  # value difference per head
+        a = torch.matmul(dk, w_q.view(m, d, c)).view(n, m, c)  # logit difference = q . a_h + c_h
+        bias = torch.matmul(dk, b_q.view(m, d, 1)).view(n, 1, m)
+        b = torch.matmul(attn.out_proj.weight.view(c, m, d).transpose(0, 1), dv).view(n, m, c)
+        base = F.linear(F.linear(null, w_v, b_v), attn.out_proj.weight, attn.out_proj.bias)  # [1, C]
+        gate = torch.sigmoid(torch.matmul(q, a.transpose(1, 2)) + bias)  # [N, S, M]: weight of the audio key
+        return torch.matmul(gate, b) + base
 
     def forward_map(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """The same on a feature map [N, C, H, W]."""
@@ -82,7 +111,7 @@ class MSDeformAttn(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, query, reference_points, value_in, spatial_shapes, level_start_index):
-        """query [N, Lq, C], reference_points [N, Lq, L, 2] in [0, 1], value_in [N, S, C]."""
+        """query [N, Lq, C], reference_points [N or 1, Lq, L, 2] in [0, 1], value_in [N, S, C]."""
         n, lq, c = query.shape
         m, lvl, p = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value_in).view(n, value_in.shape[1], m, c // m)
@@ -90,6 +119,7 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, lq, m, lvl * p).softmax(-1)
         weights = weights.view(n, lq, m, lvl, p)
         normalizer = spatial_shapes.flip(-1).to(query.dtype)  # (W, H) per level
+        # an export folds both steps into the linear layer (autr.export.graph.fold_affine_into_linear)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)
@@ -140,8 +170,8 @@ class DeformableEncoder(nn.Module):
         )
 
     def forward(self, src, pos, shapes, spatial_shapes, level_start_index):
+        # [1, S, L, 2]: the same for every frame (broadcast, so an export folds it to a constant)
         ref = encoder_reference_points(shapes, spatial_shapes.shape[0], src.device).to(src.dtype)
-        ref = ref.expand(src.shape[0], -1, -1, -1)
         for layer in self.layers:
             src = layer(src, pos, ref, spatial_shapes, level_start_index)
         return src

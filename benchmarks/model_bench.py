@@ -117,12 +117,13 @@ def resolve_model_source(checkpoint=None, preset=None, onnx=None, seed: int = 0)
 def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=None, source=None,
                   int8: bool = False) -> Path:
     """An export of `model` at `size` whose T range reaches `t_max` (and float16 / int8 graphs if `fp16` /
-    `int8`), made once into `cache_dir/<preset>-<size>-<weights digest>` and reused while it fits.
+    `int8`), made once into `cache_dir/<preset>-<size>-<weights digest>` and reused while it fits (and while its
+    sidecar's graph revision is the exporter's: a toolkit that exports different graphs remakes it).
 
     `source` (resolve_model_source's record) makes the export from the same checkpoint / preset, so its sidecar
     names where the weights came from (and `--onnx DIR` can rebuild the PyTorch model from it); without one
     the in-memory model is exported."""
-    from autr.export.onnx_export import SIDECAR_FILE, export_onnx, weights_digest
+    from autr.export.onnx_export import GRAPH_REVISION, SIDECAR_FILE, export_onnx, weights_digest
 
     say = log or (lambda msg: None)
     digest = weights_digest(model)
@@ -132,7 +133,8 @@ def cached_export(model, size: int, t_max: int, fp16: bool, cache_dir=None, log=
     if side.is_file():
         try:
             data = json.loads(side.read_text())
-            if data.get("weights_sha256") == digest and list(data.get("input_size", [])) == [size, size]:
+            if (data.get("weights_sha256") == digest and list(data.get("input_size", [])) == [size, size]
+                    and (data.get("exporter") or {}).get("graph_revision") == GRAPH_REVISION):
                 have_t = int(data["frames"]["max"])
                 have_fp16 = "portable_fp16" in data.get("graphs", {})
                 have_int8 = "portable_int8" in data.get("graphs", {})
@@ -749,27 +751,32 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
     for t in frames:  # the research-code baseline first
         say(f"baseline: torch fp32 eager msda=reference T={t}")
         rows.append(torch_row(model, device, "fp32", "reference", False, t, size, warmup, iters, baseline=True))
+    pairing = Pairing(model, device, size, frames, plan.intra_op, info["gflops_per_frame"])
     if "torch" in backends:
         for precision, msda, graphs in torch_variants(device, precisions):
             for t in frames:
                 say(f"torch {precision} msda={msda}{' cuda-graph' if graphs else ''} T={t}")
-                rows.append(torch_row(model, device, precision, msda, graphs, t, size, warmup, iters))
+                rows.append(pairing.around(
+                    t, lambda: torch_row(model, device, precision, msda, graphs, t, size, warmup, iters)))
     if "ort" in backends:
         for precision in precisions:
             for graph in ORT_GRAPHS:
                 for t in frames:
                     say(f"ort {precision} {graph} T={t}")
-                    rows.append(ort_row(export_dir, sidecar, precision, graph, t, provider, plan, warmup, iters))
+                    rows.append(pairing.around(t, lambda: ort_row(export_dir, sidecar, precision, graph, t, provider,
+                                                                  plan, warmup, iters)))
     if "openvino" in backends:
         for precision in precisions:
             for t in frames:
                 say(f"openvino {precision} T={t}")
-                rows.append(openvino_row(export_dir, sidecar, precision, t, plan, warmup, iters) if device == "cpu"
+                rows.append(pairing.around(t, lambda: openvino_row(export_dir, sidecar, precision, t, plan, warmup,
+                                                                   iters)) if device == "cpu"
                             else _skip(_row("openvino", precision, t, "portable, CPU"),
                                        "OpenVINO rows belong to a CPU run (--device cpu)"))
     if "trt" in backends:
         say("trt")
         rows += trt_rows(list(engines), precisions, frames, warmup, iters, export_dir, log=say)
+    pairing.close()
     gemm.append(gemm_gflops(plan.intra_op))  # again at the end: the floor is the better of the two
     best = max(gemm, key=lambda g: g["gflops"])
     floor = {"gemm": best, "gemm_runs_gflops": [g["gflops"] for g in gemm],
@@ -785,22 +792,67 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
             "device_used": device, "provider": provider, "rows": rows,
             "method": f"{iters} timed calls after {warmup} warm-up calls per row, random inputs (seed T), eval "
                       "mode; latency is host to host (numpy in, numpy out; on a GPU including the copies); "
-                      "throughput = T / p50; speedup_vs_baseline = baseline p50 / row p50 at the same T; "
+                      "throughput = T / p50; speedup_vs_baseline = baseline p50 / row p50 at the same T, and vs_floor "
+                      "= row p50 / (T x floor), each with the baseline and floor measured again right before and "
+                      "after the row (its `paired` record: the mean of the two baseline p50s of 5 calls, the better "
+                      "of two best-of-5 GEMMs); "
                       "memory: peak RSS during the row minus RSS at its start (torch rows share one loaded "
                       "model; ort / trt rows open their session inside the row)"}
 
 
+class Pairing:
+    """The baseline and the GEMM floor measured again right before and right after each row, so that a row's
+    ratios compare timings a few seconds apart: this workplace's hosts slow down by 2x for minutes at a time,
+    which a baseline and a floor measured once, at the start, turn into a wrong ratio. Each bracket is a short
+    block of the baseline (PyTorch eager, reference MSDA, float32) at the row's T and a best-of-5 GEMM."""
+
+    def __init__(self, model, device, size: int, frames, threads: int, gflops_per_frame: float, iters: int = 5):
+        from autr.export.verify import random_clip
+
+        self.runner = TorchRunner(model, device, "fp32", "reference", False, size)
+        self.inputs = {t: random_clip(t, size, seed=t) for t in frames}
+        self.threads, self.gflops_per_frame, self.iters = threads, gflops_per_frame, iters
+
+    def measure(self, t: int) -> tuple:
+        from .core import gemm_gflops, summarize
+
+        self.runner.prepare(t)
+        samples, _ = _timed_calls(self.runner, *self.inputs[t], 1, self.iters)
+        return summarize(samples)["p50"], gemm_gflops(self.threads, repeats=5)["gflops"]
+
+    def around(self, t: int, make_row) -> dict:
+        """make_row() between two brackets; the row's `paired` record holds their mean baseline p50 and the
+        better GEMM (the floor), which add_ratios prefers to the run-wide ones."""
+        before = self.measure(t)
+        row = make_row()
+        after = self.measure(t)
+        if row.get("status") == "ok":
+            gflops = max(before[1], after[1])
+            row["paired"] = {"baseline_p50_ms": round((before[0] + after[0]) / 2, 3),
+                             "baseline_p50_ms_before_after": [round(before[0], 3), round(after[0], 3)],
+                             "gemm_gflops": gflops,
+                             "floor_ms_per_frame": round(self.gflops_per_frame / gflops * 1e3, 3)}
+        return row
+
+    def close(self) -> None:
+        self.runner.close()
+
+
 def add_ratios(rows: list, floor_ms_per_frame: float | None = None) -> None:
     """speedup_vs_baseline on every ok row (baseline p50 / row p50 at the same T) and, given the compute floor,
-    vs_floor (row p50 / (T x floor): 1.0 would be the machine's GEMM speed on every FLOP)."""
+    vs_floor (row p50 / (T x floor): 1.0 would be the machine's GEMM speed on every FLOP). A row with a
+    `paired` record (Pairing) is compared with the baseline and floor measured around it."""
     base = {r["frames"]: r["latency_ms"]["p50"] for r in rows if r.get("baseline") and r.get("status") == "ok"}
     for r in rows:
         if r.get("status") != "ok" or r["latency_ms"]["p50"] <= 0:
             continue
-        if base.get(r["frames"]):
-            r["speedup_vs_baseline"] = round(base[r["frames"]] / r["latency_ms"]["p50"], 3)
-        if floor_ms_per_frame:
-            r["vs_floor"] = round(r["latency_ms"]["p50"] / (r["frames"] * floor_ms_per_frame), 3)
+        paired = r.get("paired") or {}
+        b = paired.get("baseline_p50_ms") or base.get(r["frames"])
+        if b:
+            r["speedup_vs_baseline"] = round(b / r["latency_ms"]["p50"], 3)
+        f = paired.get("floor_ms_per_frame") or floor_ms_per_frame
+        if f:
+            r["vs_floor"] = round(r["latency_ms"]["p50"] / (r["frames"] * f), 3)
 
 
 def format_model(result: dict) -> str:

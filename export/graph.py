@@ -72,31 +72,31 @@ def _attr(node, name, default=None):
 
 
 # ----------------------------------------------------------------------------------- simplify
-def fold_constant_splits(model: onnx.ModelProto) -> int:
-    """Replace every Split of an initializer (with constant split sizes) by initializers."""
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Replace every standard node whose inputs are all initializers by initializers of its outputs, computed
+    with ONNX's reference evaluator (weight Splits / Transposes / Reshapes and the linear layers of constant
+    tokens that onnxscript's optimizer leaves above its size limit). Returns how many nodes were folded."""
+    from onnx.reference import ReferenceEvaluator
+
     inits = _initializers(model)
     keep, folded = [], 0
     for node in model.graph.node:
-        if node.op_type == "Split" and node.domain in ("", "ai.onnx") and node.input[0] in inits and (
-                len(node.input) < 2 or node.input[1] == "" or node.input[1] in inits):
-            data = numpy_helper.to_array(inits[node.input[0]])
-            axis = _attr(node, "axis", 0) % data.ndim
-            if len(node.input) > 1 and node.input[1]:
-                sizes = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64).tolist()
-            else:
-                n_out = _attr(node, "num_outputs", len(node.output))
-                chunk = -(-data.shape[axis] // n_out)
-                sizes = [min(chunk, data.shape[axis] - k * chunk) for k in range(n_out)]
-            bounds = np.cumsum([0] + sizes)
-            for k, out in enumerate(node.output):
-                if out:
-                    piece = np.take(data, np.arange(bounds[k], bounds[k + 1]), axis=axis)
-                    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(piece), out))
+        inputs = [i for i in node.input if i]
+        if node.domain in ("", "ai.onnx") and inputs and all(i in inits for i in inputs):
+            graph = helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(o, 0, None)
+                                                           for o in node.output if o],
+                                      [inits[i] for i in dict.fromkeys(inputs)])
+            single = helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+            values = ReferenceEvaluator(single).run(None, {})
+            for name, value in zip([o for o in node.output if o], values):
+                inits[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+                model.graph.initializer.append(inits[name])
             folded += 1
         else:
             keep.append(node)
     del model.graph.node[:]
     model.graph.node.extend(keep)
+    remove_unused(model)
     return folded
 
 
@@ -187,8 +187,8 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
 
     with W, b, shape and C constants, `shape` splitting the last axis into trailing dims, becomes
     ``Reshape(Add(MatMul(X, W'), b'), shape)``: a Div / Mul by a C that is constant along the leading dims
-    scales W's columns and b; an Add / Sub of C goes into b (which becomes a [rows, K] matrix when C varies
-    along a static leading shape, e.g. the encoder's reference points). One broadcast elementwise node less
+    scales W's columns and b; an Add / Sub of C goes into b (which becomes a [..., rows, K] matrix when C varies
+    along static leading axes, e.g. the encoder's reference points, and broadcasts along the frames T). One broadcast elementwise node less
     per match, and the broadcasts that cost most in ONNX Runtime are gone. Returns how many were folded.
     """
     inits = _initializers(model)
@@ -251,13 +251,14 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
                 else:
                     new_b = bias.reshape(k_cols) + (per_col if node.op_type == "Add" else -per_col)
             elif node.op_type in ("Add", "Sub"):  # one offset per row and column: the bias becomes a matrix
+                # the Reshape keeps the linear layer's leading axes and splits only its last one; C varies
+                # along static ones (it is 1 along a dynamic axis, the frames T: the matrix broadcasts there)
                 out_dims = dims.get(mm.output[0])
                 lead_shape = tuple(int(d) for d in shape[:-n_trail])
-                if (out_dims is None or any(not d for d in out_dims) or out_dims[-1] != k_cols
-                        or int(np.prod(out_dims[:-1])) != int(np.prod(lead_shape)) or min(lead_shape) <= 0
-                        or any(a not in (1, b) for a, b in zip(lead_c, lead_shape))):
+                if (out_dims is None or out_dims[-1] != k_cols or len(out_dims) - 1 != len(lead_shape)
+                        or any(a != 1 and not (o and o == d == a) for a, o, d in zip(lead_c, out_dims, lead_shape))):
                     continue
-                offset = np.broadcast_to(c_full, lead_shape + trail_shape).reshape(tuple(out_dims))
+                offset = np.broadcast_to(c_full, lead_c + trail_shape).reshape(tuple(lead_c) + (k_cols,))
                 new_b = bias.reshape(k_cols) + (offset if node.op_type == "Add" else -offset)
             else:
                 continue
@@ -278,7 +279,7 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
 
 def simplify(model: onnx.ModelProto, stats: dict | None = None) -> onnx.ModelProto:
     """The passes above, in order; `stats` (a dict), if given, receives what each one folded or merged."""
-    counts = {"constant_splits_folded": fold_constant_splits(model),
+    counts = {"constants_folded": fold_constants(model),
               "affine_folded_into_linear": fold_affine_into_linear(model)}
     strip_metadata(model)
     counts["initializers_merged"] = dedupe_initializers(model)

@@ -19,10 +19,10 @@ its options, feeds it calibration clips and checks what it wrote:
   MatMul / Gemm reads a dequantized tensor — in particular no GridSample, nothing of the MSDA
   decomposition and no `AutrMSDeformAttn` node (`check_placement` proves it on every graph written).
 
-Before quantizing, `fold_weight_transposes` turns `Transpose(initializer)` (the in-projection
-weights of the attention layers, split from one initializer after onnxscript's optimizer ran) into
-initializers of the same name, so those MatMuls have constant weights, quantized per channel, not
-calibrated activations.
+Before quantizing, `autr.export.graph.fold_constants` turns every step on weights alone (the
+in-projection weights' Transposes, split from one initializer after onnxscript's optimizer ran) into
+initializers of the same name (the exporter's `simplify` did so already; a graph from elsewhere gets
+it here), so those MatMuls have constant weights, quantized per channel, not calibrated activations.
 
 Calibration runs on the portable graph (the plugin graph's `AutrMSDeformAttn` nodes do not run in
 stock ONNX Runtime): SynthAVS clips from a seed that neither the held-out test seed (1000) nor the
@@ -127,35 +127,6 @@ def _reader(feeds: list):
 
 
 # ----------------------------------------------------------------------------------- graph passes
-def fold_weight_transposes(model: onnx.ModelProto) -> int:
-    """Replace each `Transpose` of an initializer by an initializer of the same output name."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    keep, folded = [], 0
-    for node in model.graph.node:
-        if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
-            arr = numpy_helper.to_array(inits[node.input[0]])
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            model.graph.initializer.append(numpy_helper.from_array(
-                np.ascontiguousarray(np.transpose(arr, perm)), node.output[0]))
-            folded += 1
-        else:
-            keep.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    unused = [i for i in model.graph.initializer if i.name not in used]
-    for init in unused:
-        model.graph.initializer.remove(init)
-    produced = {o for n in model.graph.node for o in n.output}
-    vi = [v for v in model.graph.value_info if v.name in produced]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(vi)
-    return folded
-
-
 def _consumers(model) -> dict:
     out = collections.defaultdict(list)
     for node in model.graph.node:
@@ -383,7 +354,7 @@ def quantize_graphs(plugin: onnx.ModelProto, portable: onnx.ModelProto, size: in
     import onnx
     import onnxruntime
 
-    from autr.export import msda
+    from autr.export import graph, msda
 
     clips, method, exclude = validate_options(clips, method, exclude)
     say = log or (lambda msg: None)
@@ -391,9 +362,9 @@ def quantize_graphs(plugin: onnx.ModelProto, portable: onnx.ModelProto, size: in
     started = time.perf_counter()
     plugin, portable = onnx.ModelProto.FromString(plugin.SerializeToString()), \
         onnx.ModelProto.FromString(portable.SerializeToString())
-    folded = fold_weight_transposes(plugin)
-    if fold_weight_transposes(portable) != folded:
-        raise ExportError("the plugin and portable graphs differ outside MSDA (weight transposes)")
+    folded = graph.fold_constants(plugin)
+    if graph.fold_constants(portable) != folded:
+        raise ExportError("the plugin and portable graphs differ outside MSDA (constant weight steps)")
     skip = excluded_nodes(plugin, exclude, tail)
     names = {n.name for n in portable.graph.node}
     if any(s not in names for s in skip):

@@ -58,6 +58,9 @@ ARTIFACTS = (PLUGIN_FILE, PORTABLE_FILE, PLUGIN_FP16_FILE, PORTABLE_FP16_FILE, P
 
 FORMAT = "autr-onnx-export"
 FORMAT_VERSION = 1
+# the graphs' own revision: bumped whenever the same weights export to different graphs (2: the deploy form,
+# `autr.model.deploy_form`), so that caches of exports (`autr bench`) remake what they hold
+GRAPH_REVISION = 2
 MIN_OPSET = 17  # GridSample on 4-D maps (16) and LayerNormalization (17)
 MAX_OPSET = 23  # newest opset both torch's exporter and the pinned ONNX Runtime handle
 DEFAULT_OPSET = 18  # torch's exporter writes 18 natively (17 needs a down-conversion)
@@ -273,10 +276,13 @@ TRACE_OPSET = 18  # torch's exporter (torchlib) writes opset 18 natively; other 
 
 
 def trace_plugin_graph(model, size: int, t_max: int, shapes) -> tuple:
-    """(plugin ModelProto at TRACE_OPSET, simplified; node counts; tail tensor names)."""
+    """(plugin ModelProto at TRACE_OPSET, simplified; node counts; tail tensor names). Traced in the model's
+    deploy form (`autr.model.deploy_form`: exact rewrites to fewer nodes); the parity check compares the graphs
+    with the model as trained."""
     import torch
 
     from autr.export import graph, msda
+    from autr.model import deploy_form
 
     msda.register_onnx_schema()
     msda.torch_op()  # registers torch.ops.autr_export.ms_deform_attn
@@ -289,7 +295,7 @@ def trace_plugin_graph(model, size: int, t_max: int, shapes) -> tuple:
         t_dim = torch.export.Dim("T", min=1, max=t_max)
         dynamic = ({0: t_dim}, {0: t_dim})
     try:
-        with msda.swap_msda(shapes), _quiet(), torch.no_grad():
+        with msda.swap_msda(shapes), deploy_form(model), _quiet(), torch.no_grad():
             program = torch.onnx.export(
                 model, (frames, log_mel), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                 dynamic_shapes=dynamic, opset_version=TRACE_OPSET, dynamo=True, optimize=False,
@@ -502,6 +508,7 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
                                 "(types + shape inference) for the checker"},
         "graphs": records,
         "exporter": {"method": "torch.onnx.export(dynamo=True) + custom translation of autr_export::ms_deform_attn",
+                     "graph_revision": GRAPH_REVISION,
                      "simplifier": "onnxscript.optimizer + autr.export.graph.simplify",
                      "torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
                      "onnxruntime": onnxruntime.__version__},

@@ -91,10 +91,18 @@ def test_bench_model_baseline_first_and_ratios(model_run):
         assert lat["count"] == 3 and len(r["samples_ms"]) == 3
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert r["throughput_fps"] == pytest.approx(r["frames"] / (lat["p50"] / 1e3), rel=1e-3)
-        base = next(b for b in rows[:2] if b["frames"] == r["frames"])
-        assert r["speedup_vs_baseline"] == pytest.approx(base["latency_ms"]["p50"] / lat["p50"], rel=1e-2)
         assert r["memory"]["peak_rss_mb"] > 0 and r["memory"]["peak_rss_delta_mb"] >= 0
-        assert r["vs_floor"] == pytest.approx(lat["p50"] / (r["frames"] * res["floor"]["ms_per_frame"]), rel=1e-2)
+        if r.get("baseline"):
+            assert "paired" not in r
+            continue
+        # every other row is compared with the baseline and the floor measured right before and after it
+        paired = r["paired"]
+        before, after = paired["baseline_p50_ms_before_after"]
+        assert paired["baseline_p50_ms"] == pytest.approx((before + after) / 2, abs=1e-3) and before > 0 < after
+        assert paired["floor_ms_per_frame"] == pytest.approx(
+            res["model"]["gflops_per_frame"] / paired["gemm_gflops"] * 1e3, rel=1e-2)
+        assert r["speedup_vs_baseline"] == pytest.approx(paired["baseline_p50_ms"] / lat["p50"], rel=1e-2)
+        assert r["vs_floor"] == pytest.approx(lat["p50"] / (r["frames"] * paired["floor_ms_per_frame"]), rel=1e-2)
     # the compute floor: the model's GFLOPs at this run's GEMM speed, on the benchmark's threads
     floor = res["floor"]
     assert floor["gemm"]["gflops"] == max(floor["gemm_runs_gflops"]) > 0 and floor["gemm"]["threads"] == 1
@@ -496,3 +504,33 @@ def test_benchmarks_called_from_python_check_their_arguments_as_the_cli_does():
                         (lambda: run_stream_bench(threads=0), "--threads must be >= 1")):
         with pytest.raises(BenchError, match=words):
             call()
+
+
+def test_cached_export_remade_when_the_exporter_changed(tmp_path, monkeypatch):
+    """An export cached by a toolkit that traced other graphs (an older graph revision) is not reused."""
+    import json
+
+    import autr.export.onnx_export as onnx_export
+    from autr.benchmarks import model_bench
+    from autr.model import build_model
+
+    model = build_model("tiny")
+    digest = onnx_export.weights_digest(model)
+    calls = []
+
+    def fake_export(out, **kw):  # what the real exporter returns: the sidecar of what it wrote
+        calls.append(kw)
+        return {"weights_sha256": digest}
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    target = tmp_path / f"tiny-64-{digest[:12]}"
+    target.mkdir()
+
+    def cache(revision):
+        (target / "model.json").write_text(json.dumps({
+            "weights_sha256": digest, "input_size": [64, 64], "frames": {"max": 5}, "graphs": {},
+            "exporter": {"graph_revision": revision}}))
+        return model_bench.cached_export(model, 64, 5, False, cache_dir=tmp_path)
+
+    assert cache(onnx_export.GRAPH_REVISION) == target and calls == []
+    assert cache(onnx_export.GRAPH_REVISION - 1) == target and len(calls) == 1 and calls[0]["frames"] == 5

@@ -187,7 +187,7 @@ def test_sidecar_contents(exported, tiny_ckpt, tiny_model):
         assert rec["sha256"] == file_sha256(out / rec["file"]) and rec["bytes"] == (out / rec["file"]).stat().st_size
         assert rec["nodes"]["exported"] > rec["nodes"]["final"] > 0
         assert sum(rec["op_counts"].values()) == rec["nodes"]["final"]
-        assert set(rec["nodes"]["simplified"]) == {"constant_splits_folded", "affine_folded_into_linear",
+        assert set(rec["nodes"]["simplified"]) == {"constants_folded", "affine_folded_into_linear",
                                                    "initializers_merged"}
     for kind in ("plugin", "portable"):
         assert set(s["parity"][kind]) == {"random T=1", "random T=5"}

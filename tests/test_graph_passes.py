@@ -96,4 +96,4 @@ def test_simplify_reports_what_it_folded():
                             ("Add", rng.uniform(0, 1, (1, ROWS, 1, L, 1, 2)), True)])
     stats = {}
     graph.simplify(model, stats=stats)
-    assert stats["affine_folded_into_linear"] == 2 and stats["constant_splits_folded"] == 0
+    assert stats["affine_folded_into_linear"] == 2 and stats["constants_folded"] == 0
