@@ -220,3 +220,38 @@ def test_level_tensors_describe_the_flattened_levels():
     assert shapes.tolist() == [[8, 8], [4, 4], [2, 2]] and starts.tolist() == [0, 64, 80]
     assert shapes.dtype == starts.dtype == torch.long
     assert not model._levels  # kept on CUDA only (for graph capture); CPU tensors are made per call
+
+
+def test_the_deploy_form_computes_the_same_function():
+    """The exporter traces `deploy_form`: the audio cross-attention over its two keys in closed form. It must
+    equal the textbook attention (random weights, so no head is trivially saturated), switch back after the
+    block, and never apply in training mode (attention dropout has no closed form)."""
+    from autr.model import AuTR, deploy_form
+    from autr.transformer import AudioCrossAttention
+
+    torch.manual_seed(0)
+    attn = AudioCrossAttention(32, 4).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    tokens, audio, pos = torch.randn(3, 50, 32), torch.randn(3, 32), torch.randn(3, 50, 32)
+    with torch.no_grad():
+        textbook = attn(tokens, audio, pos)
+        kv = torch.cat((audio[:, None], attn.null.expand(3, 1, -1)), 1)
+        direct = attn.attn(tokens + pos, kv, kv, need_weights=False)[0]
+        assert torch.allclose(attn.two_key_attention(tokens + pos, audio), direct, atol=1e-5)
+    model = AuTR(get_config("tiny", image_size=64)).eval()
+    frames, log_mel = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64)
+    with torch.no_grad():
+        plain = model(frames, log_mel)
+        with deploy_form(model) as same:
+            assert same is model and all(m.closed_form for m in model.modules() if isinstance(m, AudioCrossAttention))
+            deployed = model(frames, log_mel)
+    assert not any(m.closed_form for m in model.modules() if isinstance(m, AudioCrossAttention))
+    assert torch.allclose(plain["masks"], deployed["masks"], atol=1e-4)
+    assert torch.allclose(plain["scores"], deployed["scores"], atol=1e-5)
+    attn.train()
+    attn.closed_form = True
+    calls = []
+    attn.two_key_attention = lambda *a: calls.append(a)  # training must take the textbook path
+    attn(tokens, audio, pos)
+    assert calls == [] and textbook.shape == tokens.shape
