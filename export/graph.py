@@ -177,6 +177,11 @@ def _trailing_split(shape, k_cols: int) -> int | None:
     return None
 
 
+# the name (prefix) of the biases fold_affine_into_linear writes: they carry sampling locations (reference point +
+# offset / size, in [0, 1]), which store_weights_float16 leaves in float32
+LOCATION_BIAS = "sampling_location_bias"
+
+
 def fold_affine_into_linear(model: onnx.ModelProto) -> int:
     """Fold a constant elementwise step after a linear layer into the layer's weights and bias.
 
@@ -262,7 +267,7 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
                 new_b = bias.reshape(k_cols) + (offset if node.op_type == "Add" else -offset)
             else:
                 continue
-            add.input[:] = [mm.output[0], add_init(new_b.astype(w.dtype), "folded_bias")]
+            add.input[:] = [mm.output[0], add_init(new_b.astype(w.dtype), LOCATION_BIAS)]
             # the elementwise node goes: the Reshape now writes its output
             reshape.output[0] = node.output[0]
             producer[node.output[0]] = reshape
@@ -290,23 +295,30 @@ def simplify(model: onnx.ModelProto, stats: dict | None = None) -> onnx.ModelPro
     return model
 
 
-def store_weights_float16(model: onnx.ModelProto, min_elements: int = 64) -> int:
+def store_weights_float16(model: onnx.ModelProto, min_elements: int = 64, lossy_min_elements: int = 4096) -> int:
     """Store the float32 weights as float16 and compute in float32: every float32 initializer of at least
     `min_elements` values whose float16 copy is finite becomes a float16 initializer and a ``Cast(to=FLOAT)``
     node that produces the original name at the top of the graph. The file is about half the size; runtimes
     fold the casts when they load the graph (ONNX Runtime's constant folding, TensorRT's builder), so the speed
     is float32's. The values change by float16's rounding (exact for weights that came from a float16
-    checkpoint); the exporter's parity check measures the rest. Returns how many initializers were converted.
+    checkpoint); the exporter's parity check measures the rest. What float16 cannot hold exactly stays float32
+    in two cases, each measured on the shipped model (max |logit change| with everything else in float16):
+    sampling-location biases (`LOCATION_BIAS`: float16 moves a position in [0, 1] by up to 2.4e-4; 0.035 in
+    float16, 0.001 in float32) and tensors under `lossy_min_elements` values (constants the exporter derived,
+    such as the null token's attention output; 8e-4 -> 2e-4), where the bytes are few anyway.
+    Returns how many initializers were converted.
     """
     fresh = unique_namer(model)
     casts, keep, converted = [], [], 0
     for init in model.graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements \
+                or init.name.startswith(LOCATION_BIAS):
             keep.append(init)
             continue
         value = numpy_helper.to_array(init)
         half = value.astype(np.float16)
-        if not np.all(np.isfinite(half)):
+        lossless = np.array_equal(half.astype(np.float32), value)
+        if not np.all(np.isfinite(half)) or (not lossless and value.size < lossy_min_elements):
             keep.append(init)
             continue
         stored = fresh(init.name + "_f16")

@@ -97,3 +97,72 @@ def test_simplify_reports_what_it_folded():
     stats = {}
     graph.simplify(model, stats=stats)
     assert stats["affine_folded_into_linear"] == 2 and stats["constants_folded"] == 0
+
+
+def test_reference_points_fold_at_a_dynamic_frame_axis():
+    """The exported encoder: x [T, S, D] with T dynamic, the view keeps T (-1), the reference points are one
+    constant [1, S, ...] for every frame: the bias becomes [1, S, K] and broadcasts along T."""
+    rng = np.random.default_rng(4)
+    model = _offsets_graph([("Div", rng.uniform(4, 32, (1, 1, 1, L, 1, 2)), False),
+                            ("Add", rng.uniform(0, 1, (1, ROWS, 1, L, 1, 2)), True)])
+    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([-1, ROWS, M, L, P, 2], np.int64), "shape"))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "T"
+    folded, n = _fold(model)
+    assert n == 2 and [node.op_type for node in folded.graph.node] == ["MatMul", "Add", "Reshape", "Identity"]
+    bias = next(i for i in folded.graph.initializer if i.name.startswith(graph.LOCATION_BIAS) and len(i.dims) > 1)
+    assert list(bias.dims) == [1, ROWS, K]
+    for t in (1, 3):
+        x = rng.standard_normal((t, ROWS, D)).astype(np.float32)
+        np.testing.assert_allclose(_run(folded, x), _run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_constants_computes_what_the_nodes_did():
+    """Steps on weights alone (a transposed, reshaped weight; a linear layer of a constant token) become
+    initializers with the values the nodes computed; a node that reads the input stays."""
+    rng = np.random.default_rng(5)
+    w, tok = rng.standard_normal((D, D)).astype(np.float32), rng.standard_normal((1, D)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+             helper.make_node("Reshape", ["wt", "flat"], ["wr"]),
+             helper.make_node("Reshape", ["wr", "square"], ["ws"]),
+             helper.make_node("Gemm", ["tok", "w"], ["base"], transB=1),
+             helper.make_node("MatMul", ["x", "ws"], ["xw"]),
+             helper.make_node("Add", ["xw", "base"], ["out"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(tok, "tok"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+             numpy_helper.from_array(np.array([D, D], np.int64), "square")]
+    g = helper.make_graph(nodes, "consts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, D])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, D])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert graph.fold_constants(folded) == 4
+    assert [n.op_type for n in folded.graph.node] == ["MatMul", "Add"]
+    onnx.checker.check_model(folded, full_check=True)
+    x = rng.standard_normal((2, D)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x), x @ w.T + tok @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run(folded, x), _run(model, x), rtol=1e-6, atol=1e-6)
+
+
+def test_float16_storage_keeps_what_float16_would_change_where_it_matters():
+    """--fp16-weights: exact-in-float16 weights and large lossy ones go float16 (behind a Cast); a small lossy
+    constant and every sampling-location bias stay float32."""
+    rng = np.random.default_rng(6)
+    exact = rng.standard_normal((64, 64)).astype(np.float16).astype(np.float32)
+    tensors = {"exact": exact, "large_lossy": rng.standard_normal((64, 64)).astype(np.float32),
+               "small_lossy": rng.standard_normal((1, 128)).astype(np.float32),
+               graph.LOCATION_BIAS + "_1": rng.uniform(0, 1, (1, 64, 64)).astype(np.float32),
+               "tiny": np.ones((1, 8), np.float32)}
+    nodes = [helper.make_node("Identity", [name], [f"o{k}"]) for k, name in enumerate(tensors)]
+    g = helper.make_graph(nodes, "w", [], [helper.make_tensor_value_info(f"o{k}", TensorProto.FLOAT, None)
+                                            for k in range(len(tensors))],
+                          [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert graph.store_weights_float16(model) == 2
+    kinds = {i.name: i.data_type for i in model.graph.initializer}
+    assert {k for k, v in kinds.items() if v == TensorProto.FLOAT16} == {"exact_f16", "large_lossy_f16"}
+    assert [n.op_type for n in model.graph.node[:2]] == ["Cast", "Cast"]
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    np.testing.assert_array_equal(out[0], exact)
+    np.testing.assert_array_equal(out[2], tensors["small_lossy"])
+    np.testing.assert_array_equal(out[3], tensors[graph.LOCATION_BIAS + "_1"])
