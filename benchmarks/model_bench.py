@@ -794,7 +794,7 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
                       "mode; latency is host to host (numpy in, numpy out; on a GPU including the copies); "
                       "throughput = T / p50; speedup_vs_baseline = baseline p50 / row p50 at the same T, and vs_floor "
                       "= row p50 / (T x floor), each with the baseline and floor measured again right before and "
-                      "after the row (its `paired` record: the mean of the two baseline p50s of 5 calls, the better "
+                      "after the row (its `paired` record: the mean of the two baseline p50s of 10 calls, the better "
                       "of two best-of-5 GEMMs); "
                       "memory: peak RSS during the row minus RSS at its start (torch rows share one loaded "
                       "model; ort / trt rows open their session inside the row)"}
@@ -804,9 +804,9 @@ class Pairing:
     """The baseline and the GEMM floor measured again right before and right after each row, so that a row's
     ratios compare timings a few seconds apart: this workplace's hosts slow down by 2x for minutes at a time,
     which a baseline and a floor measured once, at the start, turn into a wrong ratio. Each bracket is a short
-    block of the baseline (PyTorch eager, reference MSDA, float32) at the row's T and a best-of-5 GEMM."""
+    block of the baseline (PyTorch eager, reference MSDA, float32; 10 calls) at the row's T and a best-of-5 GEMM."""
 
-    def __init__(self, model, device, size: int, frames, threads: int, gflops_per_frame: float, iters: int = 5):
+    def __init__(self, model, device, size: int, frames, threads: int, gflops_per_frame: float, iters: int = 10):
         from autr.export.verify import random_clip
 
         self.runner = TorchRunner(model, device, "fp32", "reference", False, size)

@@ -1,22 +1,33 @@
-"""The paper's Tables I-IV reproduced on SynthAVS, every row from `autr` commands.
+"""The paper's Tables I-IV reproduced on SynthAVS for AuTR and the TPAVI baseline, every row from `autr`
+commands, every row with several training seeds.
 
-    python -m autr.benchmarks.paper_tables --root runs/paper [--size 64 --train 400 --epochs 12]
+    python -m autr.benchmarks.paper_tables --root runs/paper [--seeds 0,1 --jobs 2 --size 64 --train 300]
 
-Runs (and skips what a previous call finished) the data generation, training and evaluation commands
-of each row, then writes `benchmarks/results/paper_tables_synth.json` and prints a markdown table
-whose rows carry their commands. Every run uses one budget (preset, input size, clips, epochs), so
-the rows compare with each other; the test splits come from seed 1000, which no training set uses.
+Runs (and skips what a previous call finished) the data generation, training and evaluation commands of
+each row, then writes `benchmarks/results/paper_tables_synth.json` and prints markdown tables whose
+footnote carries the commands. Every run uses one budget (input size, clips, epochs), so the rows compare
+with each other; the methods use presets of the same encoders (`small`, `tpavi-small`); the test splits
+come from seed 1000, which no training set uses. Runs go `--jobs` at a time, each on cores / jobs threads.
 
-Rows: Table I S4-synth and MS3-synth from scratch; Table II MS3 fine-tuned from the S4 model
-(`--init`) vs MS3 from scratch; Table III open set (categories held out of training, test split
-scored on seen and unseen categories); Table IV the S4 model without audio-aware queries and
-without dynamic convolution.
+Rows, per method: Table I S4-synth and MS3-synth from scratch; Table II MS3 fine-tuned from the method's
+own S4 model (`--init`) vs MS3 from scratch; Table III the factored open set (categories that are new
+combinations of trained sound / look factors held out of training; test split scored on seen and unseen
+categories); Table IV (AuTR) the S4 model without audio-aware queries and without dynamic convolution.
+S4 trains as the paper's S4 does: ground truth on the first frame of each clip only.
+
+`verdicts` states for each of the paper's claims whether it reproduces: the seed-mean difference in the
+claimed direction and larger than the spread of the seeds (half the range, added over the two rows
+compared) is "reproduces"; in the claimed direction but within the spread, "same direction, within the
+seed spread"; otherwise "does not reproduce".
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import shlex
+import statistics
 import time
 from pathlib import Path
 
@@ -24,106 +35,217 @@ from .core import driver_header, publish_table, run_autr
 
 TEST_SEED = 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_tables_synth.json"
-
-# name: (table, row label, mode, data set, extra train flags, init run, open-set eval)
+METHODS = {"autr": "AuTR", "tpavi": "TPAVI"}
+# run: (table, row label, mode, data set, extra train flags, init run, open-set eval, methods)
 RUNS = {
-    "s4": ("I", "S4-synth", "s4", "s4", [], None, False),
-    "ms3": ("I / II", "MS3-synth (from scratch)", "ms3", "ms3", [], None, False),
-    "ms3-from-s4": ("II", "MS3-synth, fine-tuned from S4-synth", "ms3", "ms3", [], "s4", False),
-    "open-set": ("III", "S4-synth open set (2 categories held out)", "s4", "s4-open", [], None, True),
-    "no-audio-queries": ("IV", "S4-synth w/o audio-aware queries", "s4", "s4", ["--no-audio-queries"], None, False),
-    "no-dynamic-conv": ("IV", "S4-synth w/o dynamic convolution", "s4", "s4", ["--no-dynamic-conv"], None, False),
+    "s4": ("I", "S4-synth", "s4", "s4", [], None, False, ("autr", "tpavi")),
+    "ms3": ("I / II", "MS3-synth (from scratch)", "ms3", "ms3", [], None, False, ("autr", "tpavi")),
+    "ms3-from-s4": ("II", "MS3-synth, fine-tuned from S4-synth", "ms3", "ms3", [], "s4", False, ("autr", "tpavi")),
+    "open-set": ("III", "S4-synth factored open set", "s4", "s4-open", [], None, True, ("autr", "tpavi")),
+    "no-audio-queries": ("IV", "S4-synth w/o audio-aware queries", "s4", "s4", ["--no-audio-queries"], None, False,
+                         ("autr",)),
+    "no-dynamic-conv": ("IV", "S4-synth w/o dynamic convolution", "s4", "s4", ["--no-dynamic-conv"], None, False,
+                        ("autr",)),
 }
-DATA = {"s4": ("s4", False, 0), "ms3": ("ms3", False, 2), "s4-open": ("s4", True, 3)}  # mode, open set, seed
+# data set: (mode, open set, dataset seed, design)
+DATA = {"s4": ("s4", False, 0, "distinct"), "ms3": ("ms3", False, 2, "distinct"),
+        "s4-open": ("s4", True, 3, "factored")}
+METRICS = ("miou", "fscore", "audio_swap", "miou_seen", "miou_unseen")
 
 
 def _run(cmd: list[str], log) -> float:
     return run_autr(cmd, log, "paper_tables")
 
 
+def run_name(method: str, run: str, seed: int) -> str:
+    return f"{method}-{run}-s{seed}"
+
+
 def commands(root: Path, args) -> dict:
-    """Per run: the data, train and eval command lines (as lists, without the interpreter prefix)."""
+    """Per run (method x row x seed): data, train and eval command lines (lists, no interpreter prefix),
+    the run it starts from (`init`) and its key (method, row, seed)."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    presets = {"autr": args.preset, "tpavi": args.tpavi_preset}
     out = {}
-    for name, (_, _, mode, data, flags, init, open_set) in RUNS.items():
-        d_mode, d_open, d_seed = DATA[data]
-        data_cmd = ["data", "synth", str(root / f"data-{data}"), "--mode", d_mode, "--train", str(args.train),
-                    "--val", str(args.val), "--test", "0", "--seed", str(d_seed), "--size", str(args.size)]
-        data_cmd += ["--open-set"] if d_open else []
-        train_cmd = ["train", "--data", str(root / f"data-{data}"), "--mode", mode, "--out", str(root / name),
-                     "--preset", args.preset, "--size", str(args.size), "--epochs", str(args.epochs),
-                     "--workers", "1", "--quiet", *flags]
-        train_cmd += ["--full-gt"] if mode == "s4" else []
-        train_cmd += ["--init", str(root / init / "best.safetensors")] if init else []
-        eval_cmd = ["eval", "--checkpoint", str(root / name / "best.safetensors"), "--synthetic", "--mode", mode,
-                    "--seed", str(TEST_SEED), "--clips", str(args.test_clips), "--size", str(args.size), "--quiet",
-                    "--json", str(root / name / "test.json")]
-        eval_cmd += ["--open-set"] if open_set else []
-        out[name] = {"data": data_cmd, "train": train_cmd, "eval": eval_cmd, "init": init}
+    for method in args.methods:
+        for run, (_, _, mode, data, flags, init, open_set, methods) in RUNS.items():
+            if method not in methods:
+                continue
+            d_mode, d_open, d_seed, design = DATA[data]
+            data_cmd = ["data", "synth", str(root / f"data-{data}"), "--mode", d_mode, "--train", str(args.train),
+                        "--val", str(args.val), "--test", "0", "--seed", str(d_seed), "--size", str(args.size),
+                        "--design", design]
+            data_cmd += ["--open-set"] if d_open else []
+            for seed in args.seeds:
+                name = run_name(method, run, seed)
+                train_cmd = ["train", "--data", str(root / f"data-{data}"), "--mode", mode, "--out", str(root / name),
+                             "--preset", presets[method], "--size", str(args.size), "--epochs", str(args.epochs),
+                             "--seed", str(seed), "--workers", "0", "--threads", str(threads), "--quiet", *flags]
+                start = run_name(method, init, seed) if init else None
+                train_cmd += ["--init", str(root / start / "best.safetensors")] if start else []
+                eval_cmd = ["eval", "--checkpoint", str(root / name / "best.safetensors"), "--synthetic", "--mode",
+                            mode, "--seed", str(TEST_SEED), "--clips", str(args.test_clips), "--size", str(args.size),
+                            "--threads", str(threads), "--quiet", "--json", str(root / name / "test.json")]
+                eval_cmd += ["--open-set", "--design", design] if open_set else []
+                out[name] = {"data": data_cmd, "train": train_cmd, "eval": eval_cmd, "init": start,
+                             "key": (method, run, seed)}
     return out
 
 
+def _one(root: Path, name: str, step: dict, log) -> dict:
+    run_dir = root / name
+    if not (run_dir / "done.json").is_file():
+        (run_dir / "done.json").write_text(json.dumps({"train_seconds": _run(step["train"], log)}))
+    if not (run_dir / "test.json").is_file():
+        _run(step["eval"], log)
+    test = json.loads((run_dir / "test.json").read_text())
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    best = max(epochs, key=lambda r: r["val"]["miou"])
+    return {"test": {k: v for k, v in test.items() if isinstance(v, (int, float))}, "best_epoch": best["epoch"],
+            "val_miou_best": best["val"]["miou"],
+            "train_seconds": round(json.loads((run_dir / "done.json").read_text())["train_seconds"], 1),
+            "commands": ["autr " + shlex.join(step[k]) for k in ("data", "train", "eval")]}
+
+
 def run_all(root: Path, args, log=print) -> dict:
+    """Every run, `args.jobs` at a time; a run that starts from another waits for it. {name: run record}."""
     root.mkdir(parents=True, exist_ok=True)
     plan = commands(root, args)
-    rows = {}
-    for name in RUNS:  # in order: ms3-from-s4 needs s4's best checkpoint
-        step = plan[name]
-        data_dir = Path(step["data"][2])
-        if not (data_dir / "synth_info.json").is_file():
+    for step in {tuple(s["data"]): s for s in plan.values()}.values():  # each data set once, first
+        if not (Path(step["data"][2]) / "synth_info.json").is_file():
             _run(step["data"], log)
-        run_dir = root / name
-        if not (run_dir / "done.json").is_file():
-            (run_dir / "done.json").write_text(json.dumps({"train_seconds": _run(step["train"], log)}))
-        train_s = json.loads((run_dir / "done.json").read_text())["train_seconds"]
-        if not (run_dir / "test.json").is_file():
-            _run(step["eval"], log)
-        test = json.loads((run_dir / "test.json").read_text())
-        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        best = max(epochs, key=lambda r: r["val"]["miou"])
-        rows[name] = {
-            "table": RUNS[name][0], "row": RUNS[name][1], "mode": RUNS[name][2],
-            "test": {k: v for k, v in test.items() if isinstance(v, (int, float))},
-            "best_epoch": best["epoch"], "val_miou_best": best["val"]["miou"], "train_seconds": round(train_s, 1),
-            "commands": ["autr " + shlex.join(step[k]) for k in ("data", "train", "eval")],
-        }
-    return rows
+    done = {}
+    waves = [[n for n, s in plan.items() if not s["init"]], [n for n, s in plan.items() if s["init"]]]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for wave in waves:
+            futures = {pool.submit(_one, root, name, plan[name], log): name for name in wave}
+            for fut in concurrent.futures.as_completed(futures):
+                done[futures[fut]] = fut.result()
+    return {name: {**done[name], "method": plan[name]["key"][0], "run": plan[name]["key"][1],
+                   "seed": plan[name]["key"][2]} for name in plan}
+
+
+def summarize(runs: dict) -> dict:
+    """Per method and row: mean and spread (half the range) of each test metric over the seeds."""
+    rows = {}
+    for r in runs.values():
+        rows.setdefault((r["method"], r["run"]), []).append(r)
+    out = {}
+    for (method, run), rs in rows.items():
+        rec = {"method": method, "run": run, "table": RUNS[run][0], "row": RUNS[run][1],
+               "seeds": sorted(r["seed"] for r in rs)}
+        for m in METRICS:
+            vals = [r["test"][m] for r in rs if m in r["test"]]
+            if vals:
+                rec[m] = {"mean": round(statistics.fmean(vals), 4), "spread": round((max(vals) - min(vals)) / 2, 4),
+                          "values": [round(v, 4) for v in vals]}
+        out[f"{method}/{run}"] = rec
+    return out
+
+
+def _claim(summary: dict, a: str, b: str, metric: str, text: str) -> dict | None:
+    """Claim: row `a` beats row `b` on `metric` (keys 'method/run')."""
+    if a not in summary or b not in summary or metric not in summary[a] or metric not in summary[b]:
+        return None
+    ra, rb = summary[a][metric], summary[b][metric]
+    diff, spread = ra["mean"] - rb["mean"], ra["spread"] + rb["spread"]
+    verdict = ("reproduces" if diff > spread else
+               "same direction, within the seed spread" if diff > 0 else "does not reproduce")
+    return {"claim": text, "metric": metric, "a": a, "b": b, "difference": round(diff, 4),
+            "spread": round(spread, 4), "verdict": verdict}
+
+
+def verdicts(summary: dict) -> list:
+    claims = [
+        ("autr/s4", "tpavi/s4", "miou", "I: AuTR beats TPAVI on S4"),
+        ("autr/ms3", "tpavi/ms3", "miou", "I: AuTR beats TPAVI on MS3"),
+        ("autr/ms3-from-s4", "autr/ms3", "miou", "II: fine-tuning from S4 helps AuTR on MS3"),
+        ("tpavi/ms3", "tpavi/ms3-from-s4", "miou", "II: fine-tuning from S4 hurts TPAVI on MS3"),
+        ("autr/open-set", "tpavi/open-set", "miou_unseen", "III: AuTR generalises better to unseen categories"),
+        ("autr/s4", "tpavi/s4", "audio_swap",
+         "AuTR follows the sound, TPAVI segments silent salient objects (S4 audio_swap)"),
+        ("autr/s4", "autr/no-audio-queries", "miou", "IV: audio-aware queries help"),
+        ("autr/s4", "autr/no-dynamic-conv", "miou", "IV: dynamic convolution helps"),
+    ]
+    return [c for c in (_claim(summary, *args) for args in claims) if c is not None]
+
+
+def _cell(rec: dict | None, metric: str) -> str:
+    if not rec or metric not in rec:
+        return "–"
+    return f"{rec[metric]['mean']:.3f} ± {rec[metric]['spread']:.3f}"
 
 
 def markdown(result: dict) -> str:
-    """The README table: one row per run, its test metrics and the command that trained it."""
-    lines = ["| table | run | test mIoU | test F | audio_swap | seen / unseen mIoU | train command |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in result["rows"].items():
-        t = r["test"]
-        swap = f"{t['audio_swap']:.3f}" if "audio_swap" in t else "–"
-        seen = f"{t['miou_seen']:.3f} / {t['miou_unseen']:.3f}" if "miou_unseen" in t else "–"
-        lines.append(f"| {r['table']} | {r['row']} | {t['miou']:.3f} | {t['fscore']:.3f} | {swap} | {seen} | "
-                     f"`{r['commands'][1]}` |")
+    """The README tables: seed mean ± half range per method, the claims' verdicts, the commands."""
+    s = result["summary"]
+    get = lambda method, run: s.get(f"{method}/{run}")  # noqa: E731
+    n_seeds = len(result["budget"]["seeds"])
+    lines = [f"Test metrics, mean ± half the range over {n_seeds} training seeds.", "",
+             "| table | row | AuTR mIoU | TPAVI mIoU | AuTR F | TPAVI F | AuTR audio_swap | TPAVI audio_swap |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in ("s4", "ms3", "ms3-from-s4"):
+        a, t = get("autr", run), get("tpavi", run)
+        lines.append(f"| {RUNS[run][0]} | {RUNS[run][1]} | {_cell(a, 'miou')} | {_cell(t, 'miou')} | "
+                     f"{_cell(a, 'fscore')} | {_cell(t, 'fscore')} | {_cell(a, 'audio_swap')} | "
+                     f"{_cell(t, 'audio_swap')} |")
+    lines += ["", "| table III (factored open set) | seen mIoU | unseen mIoU |", "|---|---|---|"]
+    for method, label in METHODS.items():
+        r = get(method, "open-set")
+        lines.append(f"| {label} | {_cell(r, 'miou_seen')} | {_cell(r, 'miou_unseen')} |")
+    lines += ["", "| table IV (AuTR, S4-synth) | mIoU | F | audio_swap |", "|---|---|---|---|"]
+    for run in ("s4", "no-audio-queries", "no-dynamic-conv"):
+        r = get("autr", run)
+        label = "full model" if run == "s4" else RUNS[run][1].replace("S4-synth ", "")
+        lines.append(f"| {label} | {_cell(r, 'miou')} | {_cell(r, 'fscore')} | {_cell(r, 'audio_swap')} |")
+    lines += ["", "| the paper's claim | difference (seed means) | seed spread | on SynthAVS |", "|---|---|---|---|"]
+    for v in result["verdicts"]:
+        lines.append(f"| {v['claim']} | {v['difference']:+.3f} ({v['metric']}) | {v['spread']:.3f} | {v['verdict']} |")
     b = result["budget"]
-    lines.append("")
-    lines.append(f"Budget per run: `{b['preset']}` preset at {b['size']}x{b['size']}, {b['train']} training clips, "
-                 f"{b['epochs']} epochs, batch 8, AdamW 1e-4; test: {b['test_clips']} clips of seed {TEST_SEED} "
-                 f"(`autr eval --synthetic --seed {TEST_SEED}`); {result['hardware']}, {result['date']}. "
-                 f"Data: `{result['rows']['s4']['commands'][0]}` (MS3: seed 2, open set: seed 3 `--open-set`).")
+    first = next(iter(result["runs"].values()))["commands"]
+    lines += ["", f"Budget per run: `{b['preset']}` / `{b['tpavi_preset']}` presets at {b['size']}x{b['size']}, "
+              f"{b['train']} training clips, {b['epochs']} epochs, batch 8, AdamW 1e-4, training seeds "
+              f"{', '.join(map(str, b['seeds']))}; test: {b['test_clips']} clips of seed {TEST_SEED} "
+              f"(`autr eval --synthetic --seed {TEST_SEED}`); {result['hardware']}, {result['date']}. "
+              f"Example run: `{first[1]}`; data: `{first[0]}` (MS3: seed 2; open set: seed 3 "
+              f"`--design factored --open-set`). Every command: the `runs` record of "
+              f"benchmarks/results/paper_tables_synth.json."]
     return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=Path("runs/paper"), help="Where data and runs go.")
-    p.add_argument("--preset", default="small")
+    p.add_argument("--preset", default="small", help="AuTR's preset.")
+    p.add_argument("--tpavi-preset", default="tpavi-small", help="TPAVI's preset.")
+    p.add_argument("--methods", default="autr,tpavi", type=lambda s: [m for m in s.split(",") if m])
+    p.add_argument("--seeds", default="0,1", type=_ints, help="Training seeds (comma list).")
+    p.add_argument("--jobs", type=int, default=2, help="Runs at a time (each gets cores / jobs threads).")
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--train", type=int, default=400, help="Training clips per data set.")
+    p.add_argument("--train", type=int, default=300, help="Training clips per data set.")
     p.add_argument("--val", type=int, default=40)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--test-clips", type=int, default=100)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or not args.seeds or args.jobs < 1:
+        p.error(f"--methods takes {', '.join(METHODS)}; --seeds needs one seed or more; --jobs >= 1")
     started = time.time()
-    rows = run_all(args.root, args)
+    runs = run_all(args.root, args)
+    summary = summarize(runs)
     result = {**driver_header("paper_tables", argv),
-              "budget": {k: getattr(args, k) for k in ("preset", "size", "train", "val", "epochs", "test_clips")},
-              "seconds": round(time.time() - started, 1), "rows": rows}
+              "budget": {k: getattr(args, k) for k in ("preset", "tpavi_preset", "methods", "seeds", "size", "train",
+                                                        "val", "epochs", "test_clips", "jobs")},
+              "seconds": round(time.time() - started, 1), "summary": summary, "verdicts": verdicts(summary),
+              "runs": runs}
     publish_table(result, args.out, markdown)
     return 0
 

@@ -288,3 +288,20 @@ def test_precision_accuracy_benchmark_uses_the_eval_code(exported, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autr.benchmarks.precision_accuracy", "--export",
                            str(tmp_path / "missing"), "--clips", "5"], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "model.json" in proc.stderr
+
+
+def test_int8_sessions_keep_the_qdq_matmuls_int8(exported):
+    """On the CPU provider the int8 graphs run without MatMulAddFusion (it would turn DQ -> MatMul -> Add into a
+    float Gemm that dequantizes its weights on every call); the float32 graphs keep it."""
+    from autr.runtime import open_backend
+
+    out, _, _ = exported
+    q = open_backend("ort", out, threads=1, graph="portable", precision="int8")
+    f = open_backend("ort", out, threads=1, graph="portable")
+    assert q.describe()["disabled_optimizers"] == ["SkipLayerNormFusion", "MatMulAddFusion"]
+    assert f.describe()["disabled_optimizers"] == ["SkipLayerNormFusion"]
+    so = onnxruntime.SessionOptions()
+    so.optimized_model_filepath = str(out / "optimized.onnx")
+    onnxruntime.InferenceSession(str(out / "model.portable.int8.onnx"), so, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=q.describe()["disabled_optimizers"])
+    assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(str(out / "optimized.onnx")).graph.node}

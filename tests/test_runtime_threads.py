@@ -35,6 +35,7 @@ def test_ort_session_gets_the_plan(tmp_path):
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert be.describe()["threads"] == {"intra_op": 1, "inter_op": 1, "spinning": False}
+    assert be.describe()["disabled_optimizers"] == ["SkipLayerNormFusion"]  # slow on ORT's CPU provider
     spin = open_backend("ort", onnx_path.parent, threads=2, spinning=True)
     assert spin.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
     default = open_backend("ort", onnx_path.parent)
