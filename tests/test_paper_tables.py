@@ -1,35 +1,89 @@
-"""The paper-tables driver: each row trains with the flags its table is about, on one shared budget."""
+"""The paper-tables driver: each row trains with the flags its table is about, on one shared budget, for both
+methods and every seed; the verdicts compare seed means against the seed spread."""
 import argparse
 from pathlib import Path
 
-from autr.benchmarks.paper_tables import TEST_SEED, commands, markdown
+from autr.benchmarks.paper_tables import (RUNS, TEST_SEED, commands, markdown, run_name, summarize,
+                                          verdicts)
 
 
 def _args(**kw):
-    base = dict(preset="small", size=64, train=400, val=40, epochs=12, test_clips=100)
+    base = dict(preset="small", tpavi_preset="tpavi-small", methods=["autr", "tpavi"], seeds=[0, 1], jobs=2,
+                size=64, train=300, val=40, epochs=10, test_clips=100)
     return argparse.Namespace(**{**base, **kw})
 
 
+def _flag(cmd, name):
+    return cmd[cmd.index(name) + 1]
+
+
 def test_rows_differ_only_in_what_their_table_measures():
-    plan = commands(Path("runs/paper"), _args())
-    s4 = plan["s4"]["train"]
-    assert plan["no-audio-queries"]["train"] == [*s4[:6], "runs/paper/no-audio-queries", *s4[7:-1],
-                                                 "--no-audio-queries", "--full-gt"]
-    assert "--no-dynamic-conv" in plan["no-dynamic-conv"]["train"]
-    assert plan["ms3-from-s4"]["train"][-2:] == ["--init", "runs/paper/s4/best.safetensors"]
-    assert "--init" not in plan["ms3"]["train"] and "--full-gt" not in plan["ms3"]["train"]
-    assert "--open-set" in plan["open-set"]["data"] and "--open-set" in plan["open-set"]["eval"]
+    root = Path("runs/paper")
+    plan = commands(root, _args())
+    # AuTR has every row, TPAVI Tables I-III only; two seeds each
+    assert len(plan) == 2 * len(RUNS) + 2 * 4
+    assert not any(k.startswith("tpavi-no-") for k in plan)
+    s4 = plan["autr-s4-s0"]["train"]
+    ablation = plan["autr-no-audio-queries-s0"]["train"]
+    assert ablation[:-1] == [*s4[:6], str(root / "autr-no-audio-queries-s0"), *s4[7:]] and \
+        ablation[-1] == "--no-audio-queries"
+    assert "--no-dynamic-conv" in plan["autr-no-dynamic-conv-s1"]["train"]
+    for method in ("autr", "tpavi"):
+        for seed in (0, 1):
+            # fine-tuning starts from the same method's S4 model of the same seed
+            step = plan[run_name(method, "ms3-from-s4", seed)]
+            assert step["train"][-2:] == ["--init", str(root / run_name(method, "s4", seed) / "best.safetensors")]
+            assert step["init"] == run_name(method, "s4", seed)
+            assert "--init" not in plan[run_name(method, "ms3", seed)]["train"]
+            assert _flag(plan[run_name(method, "s4", seed)]["train"], "--preset") == \
+                ("small" if method == "autr" else "tpavi-small")
+    # the open set is the factored design (new combinations of trained factors), in data and in eval
+    open_set = plan["tpavi-open-set-s1"]
+    assert "--open-set" in open_set["data"] and _flag(open_set["data"], "--design") == "factored"
+    assert "--open-set" in open_set["eval"] and _flag(open_set["eval"], "--design") == "factored"
     for name, step in plan.items():
-        assert step["eval"][step["eval"].index("--seed") + 1] == str(TEST_SEED)  # no training set uses it
-        assert step["train"][step["train"].index("--epochs") + 1] == "12"
-        seed = step["data"][step["data"].index("--seed") + 1]
-        assert int(seed) != TEST_SEED, name
+        assert "--full-gt" not in step["train"], name  # S4 supervises the first frame, as the paper's S4
+        assert _flag(step["eval"], "--seed") == str(TEST_SEED)  # no training set uses it
+        assert _flag(step["train"], "--epochs") == "10" and _flag(step["train"], "--threads") in ("1", "2")
+        assert int(_flag(step["data"], "--seed")) != TEST_SEED, name
+        assert _flag(step["train"], "--seed") == name.rsplit("-s", 1)[1]
 
 
-def test_markdown_lists_every_row_with_its_command():
-    rows = {name: {"table": "I", "row": name, "test": {"miou": 0.5, "fscore": 0.6, "audio_swap": 0.7},
-                   "commands": ["autr data ...", f"autr train ... {name}", "autr eval ..."]}
-            for name in ("s4", "ms3")}
-    rows["s4"]["test"].update(miou_seen=0.8, miou_unseen=0.2)
-    table = markdown({"rows": rows, "budget": vars(_args()), "hardware": "cpu", "date": "today"})
-    assert "| 0.800 / 0.200 |" in table and "`autr train ... ms3`" in table and table.count("\n| I |") == 2
+def _runs(values: dict) -> dict:
+    """values: {(method, run): [metric dict per seed]} -> driver run records."""
+    out = {}
+    for (method, run), per_seed in values.items():
+        for seed, test in enumerate(per_seed):
+            out[run_name(method, run, seed)] = {"method": method, "run": run, "seed": seed, "test": test,
+                                                "commands": ["autr data ...", f"autr train ... {run}", "autr eval"]}
+    return out
+
+
+def test_summary_and_verdicts_compare_seed_means_with_the_spread():
+    runs = _runs({
+        ("autr", "s4"): [{"miou": 0.60, "fscore": 0.7, "audio_swap": 0.9}, {"miou": 0.50, "fscore": 0.6,
+                                                                            "audio_swap": 0.8}],
+        ("tpavi", "s4"): [{"miou": 0.52, "fscore": 0.6, "audio_swap": 0.5}, {"miou": 0.50, "fscore": 0.6,
+                                                                             "audio_swap": 0.4}],
+        ("autr", "ms3"): [{"miou": 0.4}, {"miou": 0.4}],
+        ("tpavi", "ms3"): [{"miou": 0.5}, {"miou": 0.5}],
+        ("autr", "open-set"): [{"miou": 0.5, "miou_seen": 0.6, "miou_unseen": 0.42},
+                               {"miou": 0.5, "miou_seen": 0.6, "miou_unseen": 0.38}],
+    })
+    summary = summarize(runs)
+    assert summary["autr/s4"]["miou"] == {"mean": 0.55, "spread": 0.05, "values": [0.6, 0.5]}
+    assert summary["autr/open-set"]["miou_unseen"]["mean"] == 0.4
+    by_claim = {v["claim"]: v for v in verdicts(summary)}
+    # S4: +0.04 against a spread of 0.05 + 0.01: the right direction, not beyond the seeds
+    assert by_claim["I: AuTR beats TPAVI on S4"]["verdict"] == "same direction, within the seed spread"
+    assert by_claim["I: AuTR beats TPAVI on MS3"]["verdict"] == "does not reproduce"
+    swap = next(v for k, v in by_claim.items() if "audio_swap" == v["metric"])
+    assert swap["verdict"] == "reproduces" and swap["difference"] == 0.4
+    # a claim whose rows did not run is left out, not guessed
+    assert not any(v["claim"].startswith("III") for v in by_claim.values())
+    result = {"summary": summary, "verdicts": verdicts(summary), "runs": runs, "hardware": "cpu", "date": "today",
+              "budget": {**vars(_args()), "seeds": [0, 1]}}
+    table = markdown(result)
+    assert "| I | S4-synth | 0.550 ± 0.050 | 0.510 ± 0.010 |" in table
+    assert "| AuTR | 0.600 ± 0.000 | 0.400 ± 0.020 |" in table and "| TPAVI | – | – |" in table
+    assert "same direction, within the seed spread" in table and "over 2 training seeds" in table
