@@ -105,7 +105,8 @@ presets: install
 
 # The committed CPU results and the README's performance section (run it on a quiet machine).
 bench: install
-	$(BIN)/autr bench model --backend torch,ort,openvino,trt --precision fp32,fp16,int8 --frames 1,5 --warmup 3 --iters 30 \
+	$(BIN)/autr bench model --backend torch,ort,openvino,trt --precision fp32,fp16,int8 --frames 1,5 --warmup 3 --iters 20 \
+	  --rounds 3 \
 	  --json benchmarks/results/bench_model_cpu.json --plot benchmarks/results/bench_model_cpu.png
 	$(BIN)/autr bench msda --preset small,paper-r50 --impl reference,ort,cuda,trt --warmup 3 --iters 20 \
 	  --json benchmarks/results/bench_msda_cpu.json --plot benchmarks/results/bench_msda_cpu.png

@@ -93,6 +93,8 @@ def bench():
 @click.option("--size", type=int, help="Input size H = W (default: the model's / the export's).")
 @click.option("--warmup", default=2, show_default=True, help="Untimed calls per row.")
 @click.option("--iters", default=10, show_default=True, help="Timed calls per row.")
+@click.option("--rounds", default=1, show_default=True,
+              help="Passes over all rows; each ratio is the median over the passes (for hosts whose speed drifts).")
 @click.option("--threads", type=int, help="torch and ONNX Runtime intra-op threads (default: their defaults).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
@@ -101,8 +103,8 @@ def bench():
               help="Where exports are cached (default $AUTR_BENCH_CACHE or ~/.cache/autr/bench).")
 @out_options
 @click.pass_context
-def model_cmd(ctx, checkpoint, preset, onnx, engines, backends, precisions, frames, size, warmup, iters, threads,
-              device, provider, cache_dir, json_out, plot_out, md_out, quiet):
+def model_cmd(ctx, checkpoint, preset, onnx, engines, backends, precisions, frames, size, warmup, iters, rounds,
+              threads, device, provider, cache_dir, json_out, plot_out, md_out, quiet):
     """Whole-model latency, throughput and memory per backend, precision and T, against the research-code
     baseline (PyTorch eager, reference MSDA, float32), which is always the first row."""
     from .core import BenchError
@@ -111,7 +113,7 @@ def model_cmd(ctx, checkpoint, preset, onnx, engines, backends, precisions, fram
         from .model_bench import validate_model_args
 
         b, p, f = validate_model_args(backends, precisions, frames, onnx, engines, checkpoint, preset, size, warmup,
-                                      iters, threads)
+                                      iters, threads, rounds)
     except BenchError as exc:
         _fail(str(exc))
     refusals = _refusals()
@@ -121,10 +123,11 @@ def model_cmd(ctx, checkpoint, preset, onnx, engines, backends, precisions, fram
         from .model_bench import format_model, run_model_bench
 
         body = run_model_bench(b, p, f, checkpoint, preset, onnx, engines, size, warmup, iters, threads, device,
-                               provider, cache_dir, log=_log(quiet))
+                               provider, cache_dir, log=_log(quiet), rounds=rounds)
     except refusals as exc:
         _fail(str(exc))
     settings = {"backends": b, "precisions": p, "frames": f, "size": body["size"], "warmup": warmup, "iters": iters,
+                "rounds": rounds,
                 "threads": threads, "device": body["device_used"], "provider": body["provider"],
                 "engines": list(engines), "onnx": onnx}
     click.echo(format_model(body))

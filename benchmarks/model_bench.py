@@ -47,7 +47,7 @@ def default_cache_dir() -> Path:
 
 # ----------------------------------------------------------------------------------------------- arguments
 def validate_model_args(backends, precisions, frames, onnx=None, engines=(), checkpoint=None, preset=None,
-                        size=None, warmup: int = 2, iters: int = 10, threads=None) -> tuple:
+                        size=None, warmup: int = 2, iters: int = 10, threads=None, rounds: int = 1) -> tuple:
     """Everything that can be refused before torch is imported (BenchError, one line). Returns the
     (backends, precisions, frames) lists, parsed from "a,b" text or checked as given."""
     from autr.export.onnx_export import SIDECAR_FILE
@@ -71,6 +71,8 @@ def validate_model_args(backends, precisions, frames, onnx=None, engines=(), che
     if checkpoint not in (None, "default") and not Path(checkpoint).is_file():
         raise BenchError(f"--checkpoint {checkpoint}: no such file")
     check_common(size, warmup, iters, threads, frames)
+    if rounds < 1:
+        raise BenchError(f"--rounds must be >= 1; got {rounds}")
     return backends, precisions, frames
 
 
@@ -694,7 +696,7 @@ def _engine_precision(engine):
 # ----------------------------------------------------------------------------------------------- the benchmark
 def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 5), checkpoint=None, preset=None,
                     onnx=None, engines=(), size=None, warmup: int = 2, iters: int = 10, threads=None,
-                    device: str = "auto", provider: str = "auto", cache_dir=None, log=None) -> dict:
+                    device: str = "auto", provider: str = "auto", cache_dir=None, log=None, rounds: int = 1) -> dict:
     import torch
 
     from autr.export.onnx_export import read_export
@@ -747,35 +749,41 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
 
     say(f"compute floor: float32 GEMM on {plan.intra_op} thread(s)")
     gemm = [gemm_gflops(plan.intra_op)]
-    rows = []
-    for t in frames:  # the research-code baseline first
-        say(f"baseline: torch fp32 eager msda=reference T={t}")
-        rows.append(torch_row(model, device, "fp32", "reference", False, t, size, warmup, iters, baseline=True))
     pairing = Pairing(model, device, size, frames, plan.intra_op, info["gflops_per_frame"])
-    if "torch" in backends:
-        for precision, msda, graphs in torch_variants(device, precisions):
-            for t in frames:
-                say(f"torch {precision} msda={msda}{' cuda-graph' if graphs else ''} T={t}")
-                rows.append(pairing.around(
-                    t, lambda: torch_row(model, device, precision, msda, graphs, t, size, warmup, iters)))
-    if "ort" in backends:
-        for precision in precisions:
-            for graph in ORT_GRAPHS:
+
+    def one_pass(k: int) -> list:
+        tag = f" (pass {k + 1}/{rounds})" if rounds > 1 else ""
+        rows = []
+        for t in frames:  # the research-code baseline first
+            say(f"baseline: torch fp32 eager msda=reference T={t}{tag}")
+            rows.append(torch_row(model, device, "fp32", "reference", False, t, size, warmup, iters, baseline=True))
+        if "torch" in backends:
+            for precision, msda, graphs in torch_variants(device, precisions):
                 for t in frames:
-                    say(f"ort {precision} {graph} T={t}")
-                    rows.append(pairing.around(t, lambda: ort_row(export_dir, sidecar, precision, graph, t, provider,
-                                                                  plan, warmup, iters)))
-    if "openvino" in backends:
-        for precision in precisions:
-            for t in frames:
-                say(f"openvino {precision} T={t}")
-                rows.append(pairing.around(t, lambda: openvino_row(export_dir, sidecar, precision, t, plan, warmup,
-                                                                   iters)) if device == "cpu"
-                            else _skip(_row("openvino", precision, t, "portable, CPU"),
-                                       "OpenVINO rows belong to a CPU run (--device cpu)"))
-    if "trt" in backends:
-        say("trt")
-        rows += trt_rows(list(engines), precisions, frames, warmup, iters, export_dir, log=say)
+                    say(f"torch {precision} msda={msda}{' cuda-graph' if graphs else ''} T={t}{tag}")
+                    rows.append(pairing.around(
+                        t, lambda: torch_row(model, device, precision, msda, graphs, t, size, warmup, iters)))
+        if "ort" in backends:
+            for precision in precisions:
+                for graph in ORT_GRAPHS:
+                    for t in frames:
+                        say(f"ort {precision} {graph} T={t}{tag}")
+                        rows.append(pairing.around(t, lambda: ort_row(export_dir, sidecar, precision, graph, t, provider,
+                                                                      plan, warmup, iters)))
+        if "openvino" in backends:
+            for precision in precisions:
+                for t in frames:
+                    say(f"openvino {precision} T={t}{tag}")
+                    rows.append(pairing.around(t, lambda: openvino_row(export_dir, sidecar, precision, t, plan, warmup,
+                                                                       iters)) if device == "cpu"
+                                else _skip(_row("openvino", precision, t, "portable, CPU"),
+                                           "OpenVINO rows belong to a CPU run (--device cpu)"))
+        if "trt" in backends:
+            say(f"trt{tag}")
+            rows += trt_rows(list(engines), precisions, frames, warmup, iters, export_dir, log=say)
+        return rows
+
+    passes = [one_pass(k) for k in range(rounds)]
     pairing.close()
     gemm.append(gemm_gflops(plan.intra_op))  # again at the end: the floor is the better of the two
     best = max(gemm, key=lambda g: g["gflops"])
@@ -785,12 +793,17 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
              "method": "model GFLOPs per frame (2 per multiply-add, deformable sampling left out) / the GEMM "
                        "GFLOP/s of numpy float32 1024x1024 matmul on the same threads, best of 15, measured at "
                        "the start and the end of this run (the better one); vs_floor = row p50 / (T x floor)"}
-    add_ratios(rows, floor["ms_per_frame"])
+    for rows in passes:
+        add_ratios(rows, floor["ms_per_frame"])
+    rows = merge_passes(passes)
     return {"model": info, "notices": notices, "size": size, "floor": floor, "thread_plan": plan.describe(),
             "export": None if export_dir is None else {"dir": str(export_dir), "created": sidecar.get("created"),
                                                        "opset": sidecar.get("opset")},
             "device_used": device, "provider": provider, "rows": rows,
-            "method": f"{iters} timed calls after {warmup} warm-up calls per row, random inputs (seed T), eval "
+            "rounds": rounds,
+            "method": f"{iters} timed calls after {warmup} warm-up calls per row and pass ({rounds} pass(es) over "
+                      "all rows: latency from every pass's samples, each ratio the median of the passes' ratios), "
+                      "random inputs (seed T), eval "
                       "mode; latency is host to host (numpy in, numpy out; on a GPU including the copies); "
                       "throughput = T / p50; speedup_vs_baseline = baseline p50 / row p50 at the same T, and vs_floor "
                       "= row p50 / (T x floor), each with the baseline and floor measured again right before and "
@@ -836,6 +849,37 @@ class Pairing:
 
     def close(self) -> None:
         self.runner.close()
+
+
+def merge_passes(passes: list) -> list:
+    """One row per (label, T) from `rounds` passes over the rows: the timing samples of every pass together
+    (latency, throughput), and the ratios as the median over the passes of each pass's ratios (a pass's row
+    is compared with the baseline and floor measured around it), with every pass's figures in `passes`."""
+    import statistics
+
+    from .core import summarize
+
+    if len(passes) == 1:
+        return passes[0]
+    merged = []
+    for i, first in enumerate(passes[0]):
+        same = [p[i] for p in passes]
+        if any(r["status"] != "ok" for r in same):
+            merged.append(next((r for r in same if r["status"] != "ok"), first))
+            continue
+        row = dict(first)
+        row["samples_ms"] = [x for r in same for x in r["samples_ms"]]
+        row["latency_ms"] = summarize(row["samples_ms"])
+        row["throughput_fps"] = round(row["frames"] / (row["latency_ms"]["p50"] / 1e3), 3)
+        row["passes"] = [{"p50_ms": r["latency_ms"]["p50"], "speedup_vs_baseline": r.get("speedup_vs_baseline"),
+                          "vs_floor": r.get("vs_floor"), "paired": r.get("paired")} for r in same]
+        row.pop("paired", None)
+        for key in ("speedup_vs_baseline", "vs_floor"):
+            vals = [r[key] for r in same if r.get(key) is not None]
+            if vals:
+                row[key] = round(statistics.median(vals), 3)
+        merged.append(row)
+    return merged
 
 
 def add_ratios(rows: list, floor_ms_per_frame: float | None = None) -> None:

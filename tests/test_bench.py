@@ -534,3 +534,28 @@ def test_cached_export_remade_when_the_exporter_changed(tmp_path, monkeypatch):
 
     assert cache(onnx_export.GRAPH_REVISION) == target and calls == []
     assert cache(onnx_export.GRAPH_REVISION - 1) == target and len(calls) == 1 and calls[0]["frames"] == 5
+
+
+def test_passes_merge_into_one_row_with_median_ratios():
+    """--rounds N: a row's latency pools every pass's samples; its ratios are the median of the passes' own
+    (each pass compared with the baseline and floor measured around it); a row that failed once is reported."""
+    from autr.benchmarks import model_bench
+
+    def row(label, p50s, paired_base, status="ok"):
+        r = {"label": label, "frames": 1, "status": status, "samples_ms": list(p50s),
+             "latency_ms": {"p50": sorted(p50s)[len(p50s) // 2]},
+             "paired": {"baseline_p50_ms": paired_base, "floor_ms_per_frame": 5.0}}
+        return r if status == "ok" else {"label": label, "frames": 1, "status": status, "reason": "boom"}
+
+    passes = [[row("ort", [10.0, 10.0, 10.0], 40.0), row("ov", [8.0], 30.0)],
+              [row("ort", [20.0, 20.0, 20.0], 44.0), row("ov", [8.0], 30.0, status="failed")],
+              [row("ort", [11.0, 11.0, 11.0], 33.0), row("ov", [8.0], 30.0)]]
+    for rows in passes:
+        model_bench.add_ratios(rows, 7.0)
+    merged = model_bench.merge_passes(passes)
+    ort = merged[0]
+    assert len(ort["samples_ms"]) == 9 and ort["latency_ms"]["p50"] == 11.0
+    assert [p["speedup_vs_baseline"] for p in ort["passes"]] == [4.0, 2.2, 3.0]
+    assert ort["speedup_vs_baseline"] == 3.0 and ort["vs_floor"] == 2.2  # medians of 4/2.2/3 and 2/4/2.2
+    assert merged[1]["status"] == "failed" and merged[1]["reason"] == "boom"
+    assert model_bench.merge_passes(passes[:1]) is passes[0]
