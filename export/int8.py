@@ -403,7 +403,7 @@ def quantize_graphs(plugin: onnx.ModelProto, portable: onnx.ModelProto, size: in
                        "(their outputs stay float32), one Q/DQ pair per consuming node",
         "bias": "float32 (not quantized)",
         "float_readers_restored": rewired,
-        "weight_transposes_folded": folded,
+        "constants_folded": folded,  # steps on weights alone the exporter had not folded (0 after its simplify)
         "plugin_graph": "quantized from ONNX Runtime's calibration cache of the portable graph: the same Q/DQ "
                         "tensors and scales (checked)",
         "calibration": {"graph": "portable", "method": method, "data": "SynthAVS", "mode": CALIB_MODE, "seed": seed,

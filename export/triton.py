@@ -255,13 +255,16 @@ def _readme(s: dict, models: list) -> str:
         f"The engine holds `AutrMSDeformAttn` plugin layers: the plugin library `{PLUGIN_LIBRARY}` (`python -m "
         "autr.plugins build`, path: `python -c 'import autr.plugins as p; print(p.library_path())'`; the engine was "
         f"built against sha256 `{trt[0]['plugin_library_hash']}`) must be loaded by the server:\n\n"
-        "```bash\ntritonserver --model-repository=$PWD/REPO \\\n"
+        "```bash\nAUTR_TRT_REGISTER=1 tritonserver --model-repository=$PWD/REPO \\\n"
         f"    --backend-config=tensorrt,plugins=/path/to/{PLUGIN_LIBRARY}\n```\n\n"
-        "Triton's TensorRT backend `dlopen`s that library (so does `LD_PRELOAD`) but does not call TensorRT's "
-        "plugin-library entry points (`getCreators`), which is how this library registers its creator today "
-        "(`IPluginRegistry::loadLibrary`, `trtexec --dynamicPlugins`). Until the library also registers at load "
-        "time (a static registrar in plugins/trt), the TensorRT model fails to load in Triton with \"getPluginCreator "
-        "could not find plugin AutrMSDeformAttn\"; load the ONNX Runtime models alone meanwhile: "
+        "Triton's TensorRT backend `dlopen`s that library after loading TensorRT and does not call TensorRT's "
+        "plugin-library entry point `getCreators` (which `IPluginRegistry::loadLibrary` and `trtexec "
+        "--dynamicPlugins` use). With `AUTR_TRT_REGISTER=1` in the server's environment the library registers its "
+        "creator itself while it loads, with the TensorRT runtime the backend already loaded (it never loads one of "
+        "its own; checked against a stand-in runtime in tests/test_plugins.py, not yet on a real server). Without "
+        "the variable the TensorRT model fails to load with \"getPluginCreator could not find plugin "
+        "AutrMSDeformAttn\". Leave it unset for every other program: `loadLibrary` registers the creator itself "
+        "and refuses a library whose creator is already registered. To serve the ONNX Runtime models alone: "
         "`--model-control-mode=explicit --load-model=" + next(m['name'] for m in models) + "`.\n")
     return f"""# Triton model repository (autr export triton)
 

@@ -411,6 +411,7 @@ def build_trt_plugin(
             [
                 nvcc, "-shared", "-o", tmp_lib, plugin_obj, kernel_object,
                 "-Xlinker", "--no-undefined", "-Xlinker", "--exclude-libs,ALL",
+                "-ldl",  # the load-time registrar's dlopen / dlsym (part of libc since glibc 2.34)
             ],
             verbose,
         )

@@ -241,6 +241,34 @@ def test_trt_plugin_builds_and_registers(tmp_path):
     run = subprocess.run([str(smoke), str(lib)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert 'AutrMSDeformAttn v1 namespace ""' in run.stdout
+    _check_triton_style_load(cxx, include, cuda_include, lib, tmp_path)
+
+
+def _check_triton_style_load(cxx, include, cuda_include, lib, tmp_path):
+    """Triton's TensorRT backend dlopens `plugins=LIB` (RTLD_LOCAL, after its own TensorRT) and never calls
+    getCreators: with AUTR_TRT_REGISTER=1 the library registers its creator with that TensorRT while it loads;
+    without the variable it leaves registration to IPluginRegistry::loadLibrary (which refuses duplicates)."""
+    source = str(plugin_build.TRT_DIR / "triton_load_check.cpp")
+    flags = ["-std=c++17", "-O1", "-isystem", include, "-isystem", str(cuda_include)]
+    fake = tmp_path / "fake" / "libnvinfer.so.10"
+    fake.parent.mkdir()
+    subprocess.run([cxx, *flags, "-DAUTR_FAKE_NVINFER", "-fPIC", "-shared", "-Wl,-soname,libnvinfer.so.10", source,
+                    "-o", str(fake)], check=True, capture_output=True, text=True)
+    host = tmp_path / "triton_load_check"
+    subprocess.run([cxx, *flags, source, "-ldl", "-o", str(host)], check=True, capture_output=True, text=True)
+
+    def load(**env):
+        run = subprocess.run([str(host), str(fake), str(lib)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **env})
+        assert run.returncode == 0, run.stdout + run.stderr
+        return run
+
+    run = load(AUTR_TRT_REGISTER="1")
+    assert 'registered AutrMSDeformAttn v1 namespace ""' in run.stdout and "1 creator(s)" in run.stdout
+    assert "1 creator(s)" not in load(AUTR_TRT_REGISTER="0").stdout
+    env = {k: v for k, v in os.environ.items() if k != "AUTR_TRT_REGISTER"}
+    quiet = subprocess.run([str(host), str(fake), str(lib)], capture_output=True, text=True, timeout=60, env=env)
+    assert "0 creator(s) registered" in quiet.stdout and quiet.stderr == ""
 
 
 @pytest.mark.slow

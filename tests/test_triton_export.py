@@ -145,7 +145,7 @@ def test_variants_engine_and_schema(tmp_path):
     assert (repo / "seg_trt" / "model.plan.json").is_file()
     readme = (repo / "README.md").read_text()
     assert "--backend-config=tensorrt,plugins=/path/to/libautr_trt_plugin.so" in readme
-    assert "ab" * 32 in readme and "getCreators" in readme
+    assert "ab" * 32 in readme and "getCreators" in readme and "AUTR_TRT_REGISTER=1 tritonserver" in readme
 
 
 def test_clip_rule_gets_no_batching(tmp_path):

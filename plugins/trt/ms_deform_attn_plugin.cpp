@@ -5,6 +5,10 @@
 
 #include <climits>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
 #include <exception>
 #include <mutex>
 #include <new>
@@ -419,3 +423,72 @@ nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
     nbCreators = 1;
     return kCreators;
 }
+
+// ------------------------------------------------------------------------------------------------ load-time registrar
+// Triton's TensorRT backend loads `--backend-config=tensorrt,plugins=LIB` with a bare dlopen(RTLD_NOW | RTLD_LOCAL)
+// and never calls getCreators(), so a plugin library must register its creators itself while it loads. With
+// AUTR_TRT_REGISTER=1 in the environment this one does: it finds the TensorRT runtime the host already loaded
+// (dlopen RTLD_NOLOAD of libnvinfer's sonames: it never loads a TensorRT of its own, and finds one that was loaded
+// RTLD_LOCAL as the backend's dependency) and hands getCreators()' creators to its getPluginRegistry(). Off by
+// default: IPluginRegistry::loadLibrary (trtexec, the toolkit's own loader) registers getCreators() itself and
+// refuses a library whose plugins are already registered.
+namespace
+{
+
+using GetPluginRegistry = IPluginRegistry* (*) ();
+
+GetPluginRegistry findLoadedRegistry()
+{
+    // TensorRT 11 and 10 (the sonames the vendor ships), then an unversioned development link
+    static char const* const kSONAMES[] = {"libnvinfer.so.11", "libnvinfer.so.10", "libnvinfer.so"};
+    for (char const* soname : kSONAMES)
+    {
+        if (void* handle = dlopen(soname, RTLD_NOW | RTLD_NOLOAD))
+        {
+            auto fn = reinterpret_cast<GetPluginRegistry>(dlsym(handle, "getPluginRegistry"));
+            dlclose(handle); // drops the reference RTLD_NOLOAD took; the host's own stays
+            if (fn != nullptr)
+            {
+                return fn;
+            }
+        }
+    }
+    return reinterpret_cast<GetPluginRegistry>(dlsym(RTLD_DEFAULT, "getPluginRegistry"));
+}
+
+struct LoadTimeRegistrar
+{
+    LoadTimeRegistrar()
+    {
+        char const* flag = std::getenv("AUTR_TRT_REGISTER");
+        if (flag == nullptr || std::strcmp(flag, "1") != 0)
+        {
+            return;
+        }
+        GetPluginRegistry getRegistry = findLoadedRegistry();
+        IPluginRegistry* registry = getRegistry != nullptr ? getRegistry() : nullptr;
+        if (registry == nullptr)
+        {
+            std::fprintf(stderr,
+                "autr: AUTR_TRT_REGISTER=1 but no TensorRT runtime (libnvinfer) is loaded in this process: load "
+                "this library after TensorRT (Triton: --backend-config=tensorrt,plugins=...), or leave the "
+                "variable unset and use IPluginRegistry::loadLibrary\n");
+            return;
+        }
+        int32_t count = 0;
+        IPluginCreatorInterface* const* creators = getCreators(count);
+        for (int32_t i = 0; i < count; ++i)
+        {
+            auto* creator = static_cast<autr::trt::MSDeformAttnPluginCreator*>(creators[i]);
+            if (!registry->registerCreator(*creators[i], creator->getPluginNamespace()))
+            {
+                std::fprintf(stderr, "autr: TensorRT refused to register %s v%s (already registered?)\n",
+                    creator->getPluginName(), creator->getPluginVersion());
+            }
+        }
+    }
+};
+
+LoadTimeRegistrar const kREGISTRAR;
+
+} // namespace
