@@ -4,7 +4,8 @@ The config carries everything the weights need to mean the same thing again, fre
 loaded from a checkpoint has the same encoders frozen (`AutrConfig.freeze_visual` / `freeze_audio`) and
 picks its query by the same rule (`query_select`). Checkpoints of earlier versions, without those fields,
 load as they were made: per-frame query selection, and the visual backbone frozen where their
-`backbone_frozen` metadata says so.
+`backbone_frozen` metadata says so. The config's `arch` says which model class the weights belong to (AuTR, or
+TPAVI for the `tpavi-*` presets); checkpoints written before that field are AuTR's.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autr import __version__
-from autr.presets import BEHAVIOUR_FIELDS, AutrConfig
+from autr.presets import ARCHS, BEHAVIOUR_FIELDS, TPAVI_FIELDS, AutrConfig
 
 if TYPE_CHECKING:  # importing this module costs no torch: `autr demo` reads DEFAULT_CHECKPOINT and hashes it
     import torch
@@ -90,27 +91,32 @@ def read_checkpoint(path) -> tuple[AutrConfig, dict, dict]:
 
 
 def load_checkpoint(path, expect: "AutrConfig | str | None" = None):
-    """Build the model a checkpoint describes and load its weights (float32).
+    """Build the model a checkpoint describes (AuTR or TPAVI, by its config's `arch`) and load its weights (float32).
 
-    `expect` (a preset name or config) guards against loading a checkpoint of another config: any
-    architecture field that differs is named in the error (the input size is not one: a checkpoint
-    records the size it was trained at, and the model runs at any multiple of 32; nor are the
-    BEHAVIOUR_FIELDS, freezing and the query rule, which do not change the weights).
+    `expect` (a preset name or config) guards against loading a checkpoint of another config: a checkpoint of
+    the other architecture is one line saying so; otherwise any architecture field that differs is named in the
+    error (for TPAVI only the fields it reads, `presets.TPAVI_FIELDS`). The input size is not one: a checkpoint
+    records the size it was trained at, and the model runs at any multiple of 32; nor are the BEHAVIOUR_FIELDS,
+    freezing and the query rule, which do not change the weights.
     """
-    from autr.model import AuTR
+    from autr.model import model_class
     from autr.presets import get_config
     from autr.weights import describe_mismatch
 
     cfg, tensors, _ = read_checkpoint(path)
     if expect is not None:
         want = get_config(expect)
-        diff = {k: (v, getattr(cfg, k)) for k, v in want.to_dict().items()
+        if want.arch != cfg.arch:
+            raise CheckpointError(f"{path} is a {ARCHS[cfg.arch]} checkpoint (arch {cfg.arch!r}, config {cfg.name!r}); "
+                                  f"expected {ARCHS[want.arch]} (arch {want.arch!r}, config {want.name!r})")
+        fields = TPAVI_FIELDS if cfg.arch == "tpavi" else want.to_dict()
+        diff = {k: (getattr(want, k), getattr(cfg, k)) for k in fields
                 if k not in ("name", "extra", "dropout", "image_size", *BEHAVIOUR_FIELDS)
-                and getattr(cfg, k) != v}
+                and getattr(cfg, k) != getattr(want, k)}
         if diff:
             lines = ", ".join(f"{k}: expected {a!r}, checkpoint has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"{path} was trained with another config ({lines})")
-    model = AuTR(cfg)
+    model = model_class(cfg)(cfg)
     target = model.state_dict()
     problem = describe_mismatch(target, tensors)
     if problem:

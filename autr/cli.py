@@ -74,8 +74,8 @@ def main():
 @click.option("--iters", default=5, show_default=True, help="Timed iterations per latency figure.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the table as JSON here.")
 def presets(measure, names, size, iters, json_out):
-    """List the model presets: parameters, GFLOPs per frame, CPU latency (with --measure)."""
-    from autr.presets import list_presets
+    """List the model presets (AuTR and the TPAVI baseline): parameters, GFLOPs per frame, CPU latency (--measure)."""
+    from autr.presets import get_config, list_presets
 
     names = list(names) or list_presets()
     unknown = [n for n in names if n not in list_presets()]
@@ -84,15 +84,15 @@ def presets(measure, names, size, iters, json_out):
     from autr.benchmarks.model_cost import environment, preset_cost
 
     rows = []
-    header = f"{'preset':<10} {'backbone':<10} {'d':>4} {'params (M)':>11} {'GFLOPs/frame':>13}"
+    header = f"{'preset':<12} {'arch':<6} {'backbone':<10} {'d':>4} {'params (M)':>11} {'GFLOPs/frame':>13}"
     if measure:
         header += f" {'CPU ms T=1':>11} {'CPU ms T=5':>11}"
     click.echo(header)
     for name in names:
         row = preset_cost(name, size=size, measure=measure, iters=iters)
         rows.append(row)
-        line = (f"{name:<10} {row['backbone']:<10} {row['d_model']:>4} {row['params_m']:>11.2f} "
-                f"{row['gflops_per_frame']:>13.2f}")
+        line = (f"{name:<12} {get_config(name).arch:<6} {row['backbone']:<10} {row['d_model']:>4} "
+                f"{row['params_m']:>11.2f} {row['gflops_per_frame']:>13.2f}")
         if measure:
             lat = row["cpu_latency_ms"]
             line += f" {lat['1']['median']:>11.1f} {lat['5']['median']:>11.1f}"
@@ -140,7 +140,8 @@ def data_synth(root, mode, n_train, n_val, n_test, seed, size, open_set, design,
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench / SynthAVS root.")
 @click.option("--mode", type=click.Choice(["s4", "ms3"]), default="s4", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--preset", default="small", show_default=True)
+@click.option("--preset", default="small", show_default=True,
+              help="Model preset (`autr presets`): AuTR, or the TPAVI baseline with a tpavi-* preset.")
 @click.option("--epochs", default=50, show_default=True)
 @click.option("--batch-size", default=8, show_default=True, help="Clips per batch (per process).")
 @click.option("--lr", default=1e-4, show_default=True)
@@ -181,7 +182,7 @@ def data_synth(root, mode, n_train, n_val, n_test, seed, size, open_set, design,
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(quiet, no_amp, no_audio_queries, no_dynamic_conv, freeze_visual, freeze_audio, query_select,
           pixel_pool, dynamic_reference, aux_loss, **kw):
-    """Train AuTR (paper defaults: AdamW 1e-4, wd 5e-4, batch 8, 50 epochs). Use torchrun for DDP."""
+    """Train AuTR, or TPAVI with a tpavi-* preset (AdamW 1e-4, wd 5e-4, batch 8, 50 epochs). torchrun for DDP."""
     from autr.presets import list_presets
 
     if kw["preset"] not in list_presets():
@@ -308,6 +309,8 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, de
         model = load_model(checkpoint, device)
     except (CheckpointError, RuntimeError) as exc:
         _fail(str(exc))
+    if query_select and model.cfg.arch != "autr":
+        _fail(f"--query-select is AuTR's query rule; {checkpoint} is a {model.cfg.arch} model (one mask per frame)")
     if query_select:
         model.cfg = model.cfg.replace(query_select=query_select)
     from autr import evaluation
@@ -324,7 +327,8 @@ def eval_cmd(checkpoint, data, split, synthetic, mode, seed, clips, open_set, de
             _fail(str(exc))
     _print_metrics(result)
     if json_out:
-        record = {"checkpoint": str(checkpoint), "mode": mode, "size": size, "query_select": model.cfg.query_select,
+        record = {"checkpoint": str(checkpoint), "arch": model.cfg.arch, "mode": mode, "size": size,
+                  "query_select": model.cfg.query_select if model.cfg.arch == "autr" else None,
                   "source": {"synthetic": {"seed": seed, "clips": clips, "open_set": open_set, "design": design}}
                   if synthetic
                   else {"data": data, "split": split}, **result}

@@ -50,7 +50,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AutrCriterion", "sigmoid_focal_loss", "dice_loss", "DEFAULT_WEIGHTS"]
+__all__ = ["AutrCriterion", "build_criterion", "sigmoid_focal_loss", "dice_loss", "DEFAULT_WEIGHTS"]
 
 DEFAULT_WEIGHTS = {"lambda_dice": 5.0, "lambda_focal": 2.0, "lambda_sound": 2.0}
 
@@ -238,3 +238,16 @@ class AutrCriterion(torch.nn.Module):
                 + self.lambda_sound * loss_sound)
         return {"loss_dice": loss_dice, "loss_focal": loss_focal, "loss_sound": loss_sound,
                 "loss": loss, "matched": matched.detach().long()}
+
+
+def build_criterion(cfg, mode: str = "s4") -> torch.nn.Module:
+    """The training criterion of a model config and an AVSBench setting (`mode` "s4" or "ms3"): `AutrCriterion`
+    for AuTR (the same in both settings); for TPAVI (`cfg.arch == "tpavi"`), `autr.tpavi.TpaviCriterion` with the
+    audio-visual matching term where the AVSBench code uses it (MS3, weight 0.5; S4: BCE only)."""
+    if mode not in ("s4", "ms3"):
+        raise ValueError(f"mode must be s4 or ms3, got {mode!r}")
+    if getattr(cfg, "arch", "autr") == "tpavi":
+        from autr.tpavi import AVM_WEIGHT, TpaviCriterion
+
+        return TpaviCriterion(lambda_avm=AVM_WEIGHT[mode])
+    return AutrCriterion()

@@ -2,7 +2,9 @@
 
 A batch is a dict from `autr.datasets.collate`: `frames` [B,T,3,H,W], `log_mel` [B,T,1,96,64],
 `masks` [B,T,H,W] in {0,1}, `valid` [B,T] (frames that carry supervision). Training runs only the
-supervised frames through the model (`supervised_frames`).
+supervised frames through a model whose frames are independent (AuTR: `frames_independent = True`,
+`supervised_frames`); a model that mixes the frames of a clip (TPAVI) gets whole clips, and its criterion
+leaves out the frames without ground truth. Evaluation always runs whole clips.
 """
 from __future__ import annotations
 
@@ -38,22 +40,30 @@ def supervised_frames(batch: dict) -> dict:
     return {**batch, **{k: batch[k][:, idx] for k in ("frames", "log_mel", "masks", "valid")}}
 
 
-def _float(out: dict) -> dict:
-    """Model outputs in float32 (AMP), auxiliary layers included."""
-    out = dict(out)
-    if "aux_outputs" in out:
-        out["aux_outputs"] = [_float(a) for a in out["aux_outputs"]]
-    return {k: v if k == "aux_outputs" else v.float() for k, v in out.items()}
+def _float(out):
+    """Model outputs in float32 (AMP): tensors, and the tensors inside lists and dicts (auxiliary layers, TPAVI's
+    per-stage features)."""
+    if isinstance(out, dict):
+        return {k: _float(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return [_float(v) for v in out]
+    return out.float() if isinstance(out, torch.Tensor) else out
+
+
+def frames_independent(model) -> bool:
+    """Whether `model` (or the module inside a DDP wrapper) computes each frame on its own."""
+    return bool(getattr(getattr(model, "module", model), "frames_independent", True))
 
 
 def train_step(model, criterion, batch, optimizer, device, *, scaler=None, amp=False, max_norm: float = 0.1,
                supervised_only: bool = True) -> dict:
     """One optimiser step on one batch; returns the loss terms (tensors). Raises on a non-finite loss.
 
-    `supervised_only` (always, in training) runs only the frames with ground truth (`supervised_frames`);
-    False runs every frame, as before issue 12, for the step-time comparison in benchmarks/fidelity.py.
+    `supervised_only` (always, in training) runs only the frames with ground truth (`supervised_frames`) when the
+    model's frames are independent (`frames_independent`); False runs every frame, as before issue 12, for the
+    step-time comparison in benchmarks/fidelity.py. A model that mixes frames always gets whole clips.
     """
-    if supervised_only:
+    if supervised_only and frames_independent(model):
         batch = supervised_frames(batch)
     frames = batch["frames"].to(device, non_blocking=True)
     log_mel = batch["log_mel"].to(device, non_blocking=True)

@@ -7,8 +7,10 @@ visible and A's own sounding object too, the prediction "moves" when its IoU wit
 in A) is higher than its IoU with A's sounding object. `audio_swap` is the fraction of such frames
 that moved: 1.0 means the model follows the sound, 0.0 means it follows the picture.
 
-`model` is an AuTR module or anything with its inference interface: `eval()` and `to(device)` returning
-the model, and `model(frames [T,3,H,W], log_mel [T,1,96,64])` returning {"masks": [T,H,W] logits, ...}.
+`model` is an AuTR or TPAVI module or anything with their inference interface: `eval()` and `to(device)`
+returning the model, and `model(frames [T,3,H,W], log_mel [T,1,96,64])` returning {"masks": [T,H,W] logits, ...}.
+Every call is one whole clip (all its T frames, never frames of several clips): TPAVI's frames see each other
+within a clip, so that is the unit it is defined on (AuTR gives the same masks either way).
 `autr.export.verify.OrtModel` is such an object for an exported ONNX graph in ONNX Runtime, so the
 fp32 / fp16 / int8 graphs are scored by this same code (`python -m autr.benchmarks.precision_accuracy`).
 """

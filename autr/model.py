@@ -38,6 +38,10 @@ LOG_MEL_SHAPE = (1, 96, 64)
 
 
 class AuTR(nn.Module):
+    # Frames are independent (DESIGN.md): training may run only the frames with ground truth
+    # (`autr.engine.supervised_frames`). TPAVI (autr/tpavi.py), whose block attends across the clip, sets False.
+    frames_independent = True
+
     def __init__(self, cfg: AutrConfig):
         super().__init__()
         self._levels = {}  # (level shapes, device) -> level tensors, CUDA only (see level_tensors)
@@ -206,9 +210,19 @@ def select_best_query(masks: torch.Tensor, scores: torch.Tensor, size,
     return mask, scores.gather(1, best)[:, 0]
 
 
+def model_class(cfg: AutrConfig) -> type:
+    """The module class of a config's architecture: AuTR, or TPAVI for `arch="tpavi"` (autr/tpavi.py)."""
+    if cfg.arch == "tpavi":
+        from autr.tpavi import TPAVI
+
+        return TPAVI
+    return AuTR
+
+
 def build_model(preset: "str | AutrConfig" = "small", *, backbone_weights=None, vggish_weights=None,
-                seed: int | None = None, **overrides) -> AuTR:
-    """Build an AuTR model from a preset name (see `autr presets`) or a config.
+                seed: int | None = None, **overrides) -> nn.Module:
+    """Build a model from a preset name (see `autr presets`) or a config: AuTR, or TPAVI for the `tpavi-*`
+    presets (`cfg.arch`).
 
     `overrides` replace config fields (e.g. `dynamic_conv=False`). `backbone_weights` /
     `vggish_weights` are local files (see `autr.weights`); nothing is ever downloaded. An encoder loaded
@@ -221,12 +235,13 @@ def build_model(preset: "str | AutrConfig" = "small", *, backbone_weights=None, 
     if vggish_weights is not None:
         overrides.setdefault("freeze_audio", True)
     cfg = get_config(preset, **overrides)
+    cls = model_class(cfg)
     if seed is None:
-        model = AuTR(cfg)
+        model = cls(cfg)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AuTR(cfg)
+            model = cls(cfg)
     if backbone_weights is not None or vggish_weights is not None:
         from autr.weights import load_backbone_weights, load_vggish_weights
 

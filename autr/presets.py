@@ -10,6 +10,20 @@ with fields overridden, which is how the paper's ablations (Table IV) are expres
 | small       | pvt_v2_b0  | 128 | 3 / 3          | VGGish, 1/4 width    | real-time CPU streaming      |
 | tiny        | resnet10t  | 64  | 1 / 2          | VGGish, 1/8 width    | unit tests (seconds per step)|
 
+The TPAVI family (`arch="tpavi"`: the AVSBench baseline of Zhou et al., ECCV 2022, in `autr/tpavi.py`, whose
+docstring names the source of each of its design choices) shares the config class and the encoders:
+
+| preset      | backbone   | C   | audio encoder        | use                                        |
+|-------------|------------|-----|----------------------|--------------------------------------------|
+| tpavi-r50   | resnet50   | 256 | VGGish (full)        | the paper's ResNet-50 TPAVI                |
+| tpavi-pvt   | pvt_v2_b5  | 256 | VGGish (full)        | the paper's PVT-v2 TPAVI                   |
+| tpavi-small | pvt_v2_b0  | 128 | VGGish, 1/4 width    | SynthAVS comparisons with AuTR `small`     |
+| tpavi-tiny  | resnet10t  | 32  | VGGish, 1/8 width    | unit tests                                 |
+
+TPAVI reads only `TPAVI_FIELDS` (C = `d_model`, the width of its neck, TPAVI blocks and decoder); the AuTR-only
+fields (queries, heads, layers, the mask head's and the options') are ignored, and turning an AuTR-only option
+on for a TPAVI config is an error.
+
 Where each value comes from (`PROVENANCE` says it per field; a test keeps it complete). The AuTR paper
 (Liu et al. 2023) fixes the design (VGGish audio encoder, three visual scales, audio-aware queries, dynamic
 convolution, frozen pretrained encoders) and the ResNet-50 / PVT-v2 backbones, but it does not state the
@@ -38,6 +52,13 @@ _BACKBONES = {
 
 
 QUERY_RULES = ("clip", "frame")
+ARCHS = {"autr": "AuTR", "tpavi": "TPAVI"}  # config value -> the architecture's name
+# The fields a TPAVI model reads (autr/tpavi.py); the rest of AutrConfig is AuTR's.
+TPAVI_FIELDS = ("backbone", "d_model", "audio_dim", "vggish_width", "vggish_fc", "image_size", "max_frames",
+                "freeze_visual", "freeze_audio")
+# AuTR-only options and their off values: a TPAVI config must leave them off (it has nothing they could change).
+AUTR_OPTIONS = {"audio_queries": True, "dynamic_conv": True, "pixel_pool": False, "dynamic_reference": False,
+                "aux_loss": False}
 ENCODERS = {"visual": "freeze_visual", "audio": "freeze_audio"}  # encoder module -> its freeze field
 # Fields that change how a model trains or which query it shows, not the shapes of its weights: a checkpoint
 # loads into a config that differs from its own in these (e.g. `--init` with other freeze flags).
@@ -52,6 +73,7 @@ class AutrConfig:
     """Every hyper-parameter of an AuTR model. Stored in checkpoints and export sidecars."""
 
     name: str = "custom"
+    arch: str = "autr"  # "autr" (autr/model.py) or "tpavi" (the AVSBench baseline, autr/tpavi.py)
     backbone: str = "resnet50"
     d_model: int = 256  # C_av: width of fusion, transformer and queries
     n_heads: int = 8
@@ -85,11 +107,21 @@ class AutrConfig:
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes, kept in checkpoints
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
         if self.backbone not in _BACKBONES:
             raise ValueError(
                 f"unknown backbone {self.backbone!r}; supported: {', '.join(sorted(_BACKBONES))}"
             )
-        if self.d_model % self.n_heads:
+        if self.arch == "tpavi":
+            on = [k for k, off in AUTR_OPTIONS.items() if getattr(self, k) != off]
+            if on:
+                raise ValueError(f"{', '.join(on)} {'is an AuTR option' if len(on) == 1 else 'are AuTR options'}; "
+                                 f"arch 'tpavi' has no such part")
+            if self.d_model < 2:
+                raise ValueError(f"d_model must be >= 2 for arch 'tpavi' (its blocks use d_model // 2 channels), "
+                                 f"got {self.d_model}")
+        elif self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         for k in ("n_points", "n_queries", "enc_layers", "dec_layers", "max_frames", "dyn_layers"):
             if getattr(self, k) < 1:
@@ -135,6 +167,7 @@ class AutrConfig:
 # 2022 (github.com/wjn922/ReferFormer, opts.py); "Deformable-DETR" is Zhu et al. 2021.
 PROVENANCE = {
     "name": "ours (a label)",
+    "arch": "ours: the AuTR paper's model; 'tpavi' selects the AVSBench baseline (Zhou et al., ECCV 2022)",
     "backbone": "paper: ResNet-50 (paper-r50)",
     "d_model": "ReferFormer and Deformable-DETR (hidden_dim 256); the paper does not state it",
     "n_heads": "ReferFormer and Deformable-DETR (nheads 8); the paper does not state it",
@@ -213,6 +246,45 @@ register_preset(
         dec_layers=2, ffn_dim=128, vggish_width=0.125, vggish_fc=128, dropout=0.0,
     )
 )
+
+
+# Sources of the TPAVI presets' values, for the fields TPAVI reads ("AVSBench code" is the public repository
+# github.com/OpenNLPLab/AVSBench, avs_scripts/avs_s4 and avs_ms3). The fields it does not read say so.
+TPAVI_PROVENANCE = {
+    "arch": "AVSBench baseline (Zhou et al., ECCV 2022); each design choice and its source: autr/tpavi.py",
+    "backbone": "AVSBench paper and code (ResNet_AVSModel: ResNet-50)",
+    "d_model": "AVSBench code (train.py builds the model with channel=256)",
+    "audio_dim": "AVSBench paper and code (VGGish 128-d embeddings, no PCA post-processing)",
+    "vggish_width": "AVSBench code (the original VGGish)",
+    "vggish_fc": "AVSBench code (the original VGGish)",
+    "image_size": "AVSBench (224 x 224 frames)",
+    "max_frames": "AVSBench (5 frames per clip; the TPAVI block attends over them)",
+    "freeze_visual": "ours (as AuTR: frozen when loaded from a pretrained file, so both train alike); the AVSBench "
+                     "code trains its ResNet / PVT backbone",
+    "freeze_audio": "AVSBench code (VGGish runs frozen, under no_grad) when loaded from a file, as AuTR",
+}
+
+
+def register_tpavi_preset(cfg: AutrConfig, sources: dict | None = None) -> AutrConfig:
+    """Register a TPAVI preset: TPAVI_PROVENANCE for the fields TPAVI reads, "not read" for the rest."""
+    unread = {f.name: "not read by arch 'tpavi' (an AuTR field)" for f in dataclasses.fields(cfg)
+              if f.name not in (*TPAVI_FIELDS, *TPAVI_PROVENANCE, "name", "extra")}
+    return register_preset(cfg, sources={**unread, **TPAVI_PROVENANCE, **(sources or {})})
+
+
+register_tpavi_preset(AutrConfig(name="tpavi-r50", arch="tpavi", backbone="resnet50"))
+register_tpavi_preset(AutrConfig(name="tpavi-pvt", arch="tpavi", backbone="pvt_v2_b5"),
+                      sources={"backbone": "AVSBench paper and code (PVT_AVSModel: pvt_v2_b5)"})
+register_tpavi_preset(
+    AutrConfig(name="tpavi-small", arch="tpavi", backbone="pvt_v2_b0", d_model=128, vggish_width=0.25,
+               vggish_fc=512),
+    sources={"backbone": "ours (AuTR small's encoders, so SynthAVS runs compare at like cost)",
+             "d_model": "ours (AuTR small's width)", "vggish_width": "ours (as AuTR small)",
+             "vggish_fc": "ours (as AuTR small)"})
+register_tpavi_preset(
+    AutrConfig(name="tpavi-tiny", arch="tpavi", backbone="resnet10t", d_model=32, vggish_width=0.125,
+               vggish_fc=128),
+    sources={k: "ours (unit tests)" for k in ("backbone", "d_model", "vggish_width", "vggish_fc")})
 
 
 def list_presets() -> list[str]:

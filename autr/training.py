@@ -1,5 +1,9 @@
 """`autr train`: a whole training run — data, model, optimiser, checkpoints, resume, logs and plots.
 
+The preset picks the architecture (`AutrConfig.arch`): AuTR, or the TPAVI baseline (`tpavi-*` presets,
+autr/tpavi.py), trained by the same loop with its own criterion (`autr.criterion.build_criterion`: the
+setting `mode` decides whether TPAVI's audio-visual matching term is on) and on whole clips.
+
 Paper defaults: AdamW, lr 1e-4, weight decay 5e-4, batch 8 clips, 50 epochs, AMP on GPU.
 Multi-GPU / multi-node through `torchrun` (DDP; gloo on CPU, NCCL on GPU): every process reads
 its shard of the training set, rank 0 evaluates and writes.
@@ -36,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from autr.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from autr.criterion import AutrCriterion
+from autr.criterion import build_criterion
 from autr.engine import evaluate, train_one_epoch
 from autr.model import build_model
 from autr.presets import ENCODERS
@@ -217,7 +221,7 @@ def plot_curves(jsonl: Path, png: Path) -> None:
         return
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "loss_dice", "loss_focal", "loss_sound"):
+    for key in [k for k in rows[0]["train"] if k.startswith("loss")]:  # AuTR's terms or TPAVI's
         ax1.plot(epochs, [r["train"][key] for r in rows], label=key, marker="." if len(rows) < 30 else None)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("training loss"), ax1.set_yscale("log"), ax1.legend()
     for key in ("miou", "fscore", "miou_dataset"):
@@ -277,7 +281,7 @@ def train(cfg: TrainConfig) -> dict:
     lr_at = lr_schedule(cfg, len(train_loader))
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    criterion = AutrCriterion()
+    criterion = build_criterion(model.cfg, cfg.mode)
     start, best = 0, -1.0
     if cfg.resume:
         start, best = load_state(out / "last.state.safetensors", optimizer, scaler)
@@ -289,7 +293,8 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(
-            {**dataclasses.asdict(cfg), "model": model.cfg.to_dict(), "world_size": world}, indent=2))
+            {**dataclasses.asdict(cfg), "model": model.cfg.to_dict(), "criterion": repr(criterion),
+             "world_size": world}, indent=2))
     progress = cfg.progress and rank == 0
     for epoch in range(start, cfg.epochs):
         if sampler is not None:

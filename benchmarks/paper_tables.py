@@ -114,13 +114,21 @@ def run_all(root: Path, args, log=print) -> dict:
     for step in {tuple(s["data"]): s for s in plan.values()}.values():  # each data set once, first
         if not (Path(step["data"][2]) / "synth_info.json").is_file():
             _run(step["data"], log)
-    done = {}
-    waves = [[n for n, s in plan.items() if not s["init"]], [n for n, s in plan.items() if s["init"]]]
+    # longest first (TPAVI trains whole clips; MS3 supervises every frame), runs that start from another last: a
+    # worker that takes one waits for a run that is already done or running, never for one still queued
+    order = sorted(plan, key=lambda n: (plan[n]["init"] is not None, plan[n]["key"][0] == "autr",
+                                        plan[n]["key"][1] not in ("ms3", "ms3-from-s4")))
+    futures = {}
+
+    def job(name):
+        if plan[name]["init"]:
+            futures[plan[name]["init"]].result()
+        return _one(root, name, plan[name], log)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for wave in waves:
-            futures = {pool.submit(_one, root, name, plan[name], log): name for name in wave}
-            for fut in concurrent.futures.as_completed(futures):
-                done[futures[fut]] = fut.result()
+        for name in order:
+            futures[name] = pool.submit(job, name)
+        done = {name: fut.result() for name, fut in futures.items()}
     return {name: {**done[name], "method": plan[name]["key"][0], "run": plan[name]["key"][1],
                    "seed": plan[name]["key"][2]} for name in plan}
 

@@ -13,7 +13,9 @@
 How (see DESIGN.md, "ONNX contract"):
 
 1. One eager forward at the export size records the MSDA calls (their spatial shapes are static
-   per export; their count must be enc_layers + dec_layers).
+   per export; their count must be enc_layers + dec_layers for AuTR, 0 for TPAVI: `expected_msda_calls`).
+   A model without MSDA (TPAVI, `cfg.arch == "tpavi"`) exports the same way: its plugin graph has no custom
+   node and equals its portable graph, so the runtime, `--onnx DIR` and `export verify` take it unchanged.
 2. `torch.onnx.export(dynamo=True)` traces the model with T dynamic (1..T_MAX) while every MSDA call
    goes through the `autr_export::ms_deform_attn` custom op, which a custom translation turns into
    one `AutrMSDeformAttn` node with int32 constant index inputs (`autr.export.msda`).
@@ -239,6 +241,11 @@ def _quiet():
             lg.setLevel(lvl)
 
 
+def expected_msda_calls(cfg) -> int:
+    """How many MSDA calls one forward of the model makes: AuTR's encoder and decoder layers; TPAVI none."""
+    return 0 if cfg.arch == "tpavi" else cfg.enc_layers + cfg.dec_layers
+
+
 def record_msda_calls(model, size: int) -> list:
     import torch
 
@@ -321,10 +328,12 @@ def _finish(proto, kind: str, meta: dict):
 
     proto = graph.refresh_value_info(proto)
     proto.graph.name = f"autr_{kind}"
+    arch = json.loads(meta.get("autr.config", "{}")).get("arch", "autr")
+    score = "sounding-score logits" if arch == "autr" else "logits (the largest mask logit per frame)"
     proto.graph.doc_string = (
-        "AuTR audio-visual segmentation. Inputs frames [T,3,H,W] (RGB, ImageNet-normalised) and "
-        "log_mel [T,1,96,64] (VGGish); outputs masks [T,H,W] logits and scores [T] logits. "
-        f"Graph: {kind}. Sidecar: model.json.")
+        f"{'TPAVI' if arch == 'tpavi' else 'AuTR'} audio-visual segmentation. Inputs frames [T,3,H,W] (RGB, "
+        "ImageNet-normalised) and log_mel [T,1,96,64] (VGGish); outputs masks [T,H,W] logits and scores [T] "
+        f"{score}. Graph: {kind}. Sidecar: model.json.")
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -407,10 +416,11 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
 
     say(f"recording MSDA calls of {cfg.name} at {size}x{size}")
     calls = record_msda_calls(model, size)
-    expected = cfg.enc_layers + cfg.dec_layers
+    expected = expected_msda_calls(cfg)
     if len(calls) != expected:
-        raise ExportError(f"the model made {len(calls)} MSDA calls, expected enc_layers + dec_layers = {expected}")
-    shapes = calls[0]["spatial_shapes"]
+        raise ExportError(f"the model made {len(calls)} MSDA calls, expected "
+                          f"{'enc_layers + dec_layers = ' if cfg.arch == 'autr' else ''}{expected}")
+    shapes = calls[0]["spatial_shapes"] if calls else []
     if any(c["spatial_shapes"] != shapes for c in calls):
         raise ExportError("MSDA calls disagree on spatial shapes; cannot export them as constants")
 
@@ -497,7 +507,12 @@ def _export_into(tmp: Path, model, cfg, source, size, t_max, opset, fp16, check,
         "inputs": {"frames": {"shape": [t_axis, 3, size, size], "dtype": "float32"},
                    "log_mel": {"shape": [t_axis, *LOG_MEL_SHAPE], "dtype": "float32"}},
         "outputs": {"masks": {"shape": [t_axis, size, size], "dtype": "float32", "meaning": "mask logits"},
-                    "scores": {"shape": [t_axis], "dtype": "float32", "meaning": "sounding-score logits"}},
+                    "scores": {"shape": [t_axis], "dtype": "float32",
+                               "meaning": "sounding-score logits" if cfg.arch == "autr"
+                               else "the largest mask logit of each frame (TPAVI has no sounding score)"}},
+        # AuTR computes each frame on its own; TPAVI's frames see each other (its block attends over the clip),
+        # so its T axis is one clip: windows of several streams must not share a call along it
+        "architecture": {"arch": cfg.arch, "frames_independent": bool(getattr(model, "frames_independent", True))},
         "preprocessing": preprocess.parameters(),
         "opset": opset,
         "msda": {"op_type": msda.OP_TYPE, "domain": msda.DOMAIN, "plugin_version": msda.PLUGIN_VERSION,

@@ -133,7 +133,9 @@ def check_options(directory, out, max_batch=None, preferred=None, delay_us: int 
     data, spec = _spec(d)
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ExportError(f"--name must be letters, digits, '_' or '-'; got {name!r}")
-    batching = (data.get("config") or {}).get("query_select", "frame") == "frame"
+    cfg = data.get("config") or {}
+    # frames of concurrent requests may share a call only where the model treats frames alone: AuTR's "frame" rule
+    batching = cfg.get("query_select", "frame") == "frame" and cfg.get("arch", "autr") == "autr"
     t_max = spec.t_max
     mb = t_max if max_batch is None else int(max_batch)
     if not 1 <= mb <= t_max:
@@ -243,7 +245,8 @@ def _readme(s: dict, models: list) -> str:
     batching = (f"Dynamic batching over the frame axis: T is Triton's batch axis (`max_batch_size: {s['max_batch']}`), "
                 f"preferred sizes {s['preferred']}, queue delay {s['delay_us']} us; {s['instances']} instance(s) per "
                 "ONNX Runtime model." if s["batching"] else
-                "No dynamic batching: this model picks one query per clip (`query_select: clip`), so frames of "
+                "No dynamic batching: this model looks at all frames of a call together (AuTR's `query_select: "
+                "clip` picks one query per clip; TPAVI's temporal block mixes the frames), so frames of "
                 "different streams must not share a call; T is an explicit dimension (-1).")
     trt = [m for m in models if m["platform"] == "tensorrt_plan"]
     trt_text = (

@@ -6,8 +6,9 @@ its own (the shipped export gives bit-identical masks for a frame run alone or s
 windows' T, split back per stream afterwards. A call never exceeds the model's ``t_max`` (the sidecar's T range,
 5 for the shipped export); more pending frames than that go into the next call. Re-export with
 ``autr export onnx --frames N`` (up to the preset's ``max_frames``) for a wider T range. A model whose query rule
-is ``"clip"`` picks one query per call from all its frames, which would mix streams: its windows are never stacked
-(one call per window), only the backend instances are shared.
+is ``"clip"`` picks one query per call from all its frames, and TPAVI's temporal block mixes the frames of a call;
+either would mix streams: their windows are never stacked (one call per window), only the backend instances are
+shared.
 
 Pieces:
 
@@ -38,21 +39,32 @@ from .threads import limit_blas, limit_opencv, plan_threads
 __all__ = ["BatchingBackend", "BatchedClient", "MultiStreamRunner", "frames_independent"]
 
 
+def _config(backend) -> dict | None:
+    """The model config behind a backend: the torch backend's model, else its sidecar's (None: unknown)."""
+    cfg = getattr(getattr(backend, "model", None), "cfg", None)
+    if cfg is not None:
+        return cfg.to_dict()
+    side = getattr(backend, "sidecar", None)
+    if side is None:
+        return None
+    try:
+        return json.loads(Path(side).read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError):
+        return None
+
+
 def frames_independent(backend) -> bool:
-    """Whether a backend's frames may be stacked across streams: its sidecar's query rule is ``"frame"`` (or is
-    not recorded: exports made before the rule existed pick per frame). False where nothing says so."""
+    """Whether a backend's frames may be stacked across streams: an AuTR model (TPAVI's block mixes the frames of
+    a call) whose query rule is ``"frame"`` (or is not recorded: exports made before the rule existed pick per
+    frame). False where nothing says so."""
     rule = getattr(backend, "query_select", None)
-    if rule is None:  # the torch backend: its model's config
-        rule = getattr(getattr(getattr(backend, "model", None), "cfg", None), "query_select", None)
     if rule is None and getattr(backend, "name", None) == "fake":
         return True  # the model-free backend: every frame on its own
-    side = getattr(backend, "sidecar", None)
-    if rule is None and side is not None:
-        try:
-            data = json.loads(Path(side).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        rule = (data.get("config") or {}).get("query_select", "frame")
+    cfg = _config(backend)
+    if cfg is not None and cfg.get("arch", "autr") != "autr":
+        return False
+    if rule is None and cfg is not None:
+        rule = cfg.get("query_select", "frame")
     return rule == "frame"
 
 

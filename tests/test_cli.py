@@ -53,5 +53,6 @@ def test_presets_measure_reports_latency(tmp_path):
 def test_unknown_preset_is_one_clear_error():
     result = CliRunner().invoke(main, ["presets", "--preset", "huge"])
     assert result.exit_code == 2
-    assert "unknown preset(s) huge; choose from paper-r50, paper-pvt, small, tiny" in result.output
+    assert ("unknown preset(s) huge; choose from paper-r50, paper-pvt, small, tiny, tpavi-r50, tpavi-pvt, "
+            "tpavi-small, tpavi-tiny") in result.output
     assert "Traceback" not in result.output

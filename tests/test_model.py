@@ -18,7 +18,7 @@ def tiny():
 
 
 PRESET_PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p.startswith("paper") else p
-                 for p in list_presets()]
+                 for p in list_presets() if get_config(p).arch == "autr"]  # TPAVI's: tests/test_tpavi.py
 
 
 @pytest.mark.parametrize("preset", PRESET_PARAMS)

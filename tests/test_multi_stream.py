@@ -183,3 +183,20 @@ def test_cli_several_inputs(tmp_path):
     assert [s["frames"]["output"] for s in rep["per_stream"]] == [10, 10]
     assert len(list((tmp_path / "m0").glob("*.png"))) == 10 and len(list((tmp_path / "m1").glob("*.png"))) == 10
     assert rep["batching"]["frames"] == 22 and "stream 1 (" in r.stdout
+
+
+def test_a_tpavi_export_is_never_stacked(tmp_path):
+    """TPAVI's temporal block mixes the frames of a call: its windows stay one per call, whatever its query rule,
+    and its Triton models get no dynamic batcher."""
+    import json
+
+    from autr.runtime.multi import frames_independent
+
+    side = tmp_path / "model.json"
+
+    class Backend:  # what the batcher reads of an ONNX Runtime backend: its sidecar
+        sidecar = side
+
+    for arch, expected in (("autr", True), ("tpavi", False)):
+        side.write_text(json.dumps({"config": {"arch": arch, "query_select": "frame"}}))
+        assert frames_independent(Backend()) is expected

@@ -148,9 +148,11 @@ def test_variants_engine_and_schema(tmp_path):
     assert "ab" * 32 in readme and "getCreators" in readme and "AUTR_TRT_REGISTER=1 tritonserver" in readme
 
 
-def test_clip_rule_gets_no_batching(tmp_path):
+@pytest.mark.parametrize("config", [{"query_select": "clip"}, {"query_select": "frame", "arch": "tpavi"}])
+def test_clip_rule_and_tpavi_get_no_batching(tmp_path, config):
+    """Frames of different requests must not share a call where the model looks at a call's frames together."""
     d = tmp_path / "export"
-    make_tiny_onnx(d, size=32, t_range=(1, 5), sidecar=exporter_sidecar(32, (1, 5), config={"query_select": "clip"}))
+    make_tiny_onnx(d, size=32, t_range=(1, 5), sidecar=exporter_sidecar(32, (1, 5), config=config))
     repo = tmp_path / "repo"
     r = _cmd(d, "--out", repo)
     assert r.exit_code == 0 and "no dynamic batching" in r.output
