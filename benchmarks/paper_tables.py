@@ -18,7 +18,7 @@ S4 trains as the paper's S4 does: ground truth on the first frame of each clip o
 `verdicts` states for each of the paper's claims whether it reproduces: the seed-mean difference in the
 claimed direction and larger than the spread of the seeds (half the range, added over the two rows
 compared) is "reproduces"; in the claimed direction but within the spread, "same direction, within the
-seed spread"; otherwise "does not reproduce".
+seed spread"; otherwise "does not reproduce". With one seed there is no spread, and the verdict says so.
 """
 from __future__ import annotations
 
@@ -157,8 +157,11 @@ def _claim(summary: dict, a: str, b: str, metric: str, text: str) -> dict | None
         return None
     ra, rb = summary[a][metric], summary[b][metric]
     diff, spread = ra["mean"] - rb["mean"], ra["spread"] + rb["spread"]
-    verdict = ("reproduces" if diff > spread else
-               "same direction, within the seed spread" if diff > 0 else "does not reproduce")
+    if min(len(ra["values"]), len(rb["values"])) < 2:  # no spread to compare with
+        verdict = "same direction (one seed: no spread)" if diff > 0 else "does not reproduce (one seed)"
+    else:
+        verdict = ("reproduces" if diff > spread else
+                   "same direction, within the seed spread" if diff > 0 else "does not reproduce")
     return {"claim": text, "metric": metric, "a": a, "b": b, "difference": round(diff, 4),
             "spread": round(spread, 4), "verdict": verdict}
 
