@@ -1,4 +1,5 @@
-"""The two encoders: a timm visual backbone (strides 4/8/16/32) and a VGGish-architecture audio encoder."""
+"""The two encoders: a timm visual backbone (strides 4/8/16/32) and a VGGish-architecture audio encoder; and
+`EncoderModel`, the base of the models built on them (AuTR, TPAVI): encoder freezing by config."""
 from __future__ import annotations
 
 import timm
@@ -66,3 +67,27 @@ class VGGish(nn.Module):
         x = self.features(log_mel)  # [B, C, 6, 4]
         x = x.permute(0, 2, 3, 1).flatten(1)
         return self.embeddings(x)
+
+
+class EncoderModel(nn.Module):
+    """A model with the two encoders as attributes `visual` and `audio` and a config `cfg`: the encoders its
+    config freezes (`cfg.frozen_encoders`) take no gradient and stay in eval mode (fixed batch-norm statistics),
+    even under `model.train()`. Subclasses build their modules, then call `freeze_encoders()`."""
+
+    frames_independent = True  # each frame computed on its own (training may then run only supervised frames)
+
+    def freeze_encoders(self) -> None:
+        for name in self.cfg.frozen_encoders:
+            getattr(self, name).requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train, but frozen encoders stay in eval mode (fixed batch-norm statistics)."""
+        super().train(mode)
+        for name in self.cfg.frozen_encoders:
+            getattr(self, name).eval()
+        return self
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the frozen encoders (none of which may reach an optimiser)."""
+        return [p for name in self.cfg.frozen_encoders for p in getattr(self, name).parameters()]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autr.encoders import VGGish, VisualBackbone
+from autr.encoders import EncoderModel, VGGish, VisualBackbone
 from autr.ops import can_read_values
 from autr.heads import DotProductMaskHead, DynamicMaskHead, PixelDecoder
 from autr.presets import AutrConfig, get_config
@@ -37,7 +37,7 @@ N_LEVELS = 3  # the paper's three scales: strides 8, 16, 32
 LOG_MEL_SHAPE = (1, 96, 64)
 
 
-class AuTR(nn.Module):
+class AuTR(EncoderModel):
     # Frames are independent (DESIGN.md): training may run only the frames with ground truth
     # (`autr.engine.supervised_frames`). TPAVI (autr/tpavi.py), whose block attends across the clip, sets False.
     frames_independent = True
@@ -67,21 +67,7 @@ class AuTR(nn.Module):
         else:
             self.mask_head = DotProductMaskHead(d, cfg.mask_dim)
         self.score_head = nn.Linear(d, 1)
-        for name in cfg.frozen_encoders:
-            getattr(self, name).requires_grad_(False)
-        self.train()
-
-    # ------------------------------------------------------------------ freezing
-    def train(self, mode: bool = True):
-        """As nn.Module.train, but frozen encoders stay in eval mode (fixed batch-norm statistics)."""
-        super().train(mode)
-        for name in self.cfg.frozen_encoders:
-            getattr(self, name).eval()
-        return self
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        """The parameters of the frozen encoders (none of which may reach an optimiser)."""
-        return [p for name in self.cfg.frozen_encoders for p in getattr(self, name).parameters()]
+        self.freeze_encoders()
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, frames: torch.Tensor, log_mel: torch.Tensor):

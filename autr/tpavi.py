@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autr.encoders import VGGish, VisualBackbone
+from autr.encoders import EncoderModel, VGGish, VisualBackbone
 from autr.model import AuTR
 from autr.presets import AutrConfig
 
@@ -170,7 +170,7 @@ class FusionBlock(nn.Module):
         return F.interpolate(self.unit(x), scale_factor=2.0, mode="bilinear", align_corners=True)
 
 
-class TPAVI(nn.Module):
+class TPAVI(EncoderModel):
     """The AVSBench TPAVI baseline (see the module docstring); built by `autr.build_model("tpavi-...")`."""
 
     frames_independent = False  # the TPAVI block attends across the clip: train and evaluate on whole clips
@@ -191,19 +191,7 @@ class TPAVI(nn.Module):
         self.mask_head = nn.Sequential(
             nn.Conv2d(d, mid, 3, padding=1), nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
             nn.Conv2d(mid, low, 3, padding=1), nn.ReLU(), nn.Conv2d(low, 1, 1))
-        for name in cfg.frozen_encoders:
-            getattr(self, name).requires_grad_(False)
-        self.train()
-
-    def train(self, mode: bool = True):
-        """As nn.Module.train, but frozen encoders stay in eval mode (fixed batch-norm statistics)."""
-        super().train(mode)
-        for name in self.cfg.frozen_encoders:
-            getattr(self, name).eval()
-        return self
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        return [p for name in self.cfg.frozen_encoders for p in getattr(self, name).parameters()]
+        self.freeze_encoders()
 
     def forward(self, frames: torch.Tensor, log_mel: torch.Tensor) -> dict:
         self.check_inputs(frames, log_mel)
