@@ -349,10 +349,11 @@ def validate_msda_args(presets, size: int, frames: int, cases, impls, dtypes, wa
                        threads=None) -> tuple:
     """Everything that can be refused before torch is imported (BenchError, one line). Returns the
     (presets, cases, impls, dtypes) lists, parsed from "a,b" text or checked as given."""
-    from autr.presets import list_presets
+    from autr.presets import get_config, list_presets
 
     cases = parse_list(cases, ("model", "detr"), "case")
-    presets = parse_list(presets, list_presets() if "model" in cases else None, "preset")
+    with_msda = [p for p in list_presets() if get_config(p).arch == "autr"]  # TPAVI has no MSDA layer
+    presets = parse_list(presets, with_msda if "model" in cases else None, "preset")
     impls = parse_list(impls, IMPLS, "implementation")
     dtypes = parse_list(dtypes, tuple(DTYPES), "dtype")
     check_common(size, warmup, iters, threads, (frames,))

@@ -168,6 +168,7 @@ def test_bench_other_commands_refuse_bad_inputs():
     for args, words in ((["msda", "--impl", "magic"], "unknown implementation"),
                         (["msda", "--frames", "0"], "--frames must be >= 1"),
                         (["msda", "--preset", "huge"], "unknown preset"),
+                        (["msda", "--preset", "tpavi-small"], "unknown preset"),  # no MSDA layer to time
                         (["stream", "--backend", "onnx"], "unknown backend"),
                         (["stream", "--input", "/no/such.mp4"], "no such file"),
                         (["stream", "--onnx", "/no/such/dir"], "not an export directory or ONNX file"),
