@@ -166,8 +166,9 @@ def excluded_nodes(model: onnx.ModelProto, exclude, tail=frozenset()) -> list:
         prod = _producers(model)
         targets = [n.input[i] for n in model.graph.node
                    if n.op_type == msda.OP_TYPE and n.domain == msda.DOMAIN for i in (3, 4)]
-        if not targets:  # the portable graph: the GridSample grids and the Mul by the weights
-            raise ExportError("--int8-exclude msda-inputs is resolved on the plugin graph")
+        if not targets:  # a model without MSDA layers (TPAVI); exclusions are resolved on the plugin graph
+            raise ExportError(f"--int8-exclude msda-inputs: the graph has no {msda.OP_TYPE} node (a model without MSDA "
+                              "layers, such as TPAVI, has none to keep in float32); leave msda-inputs out")
         seen, stack = set(), list(targets)
         while stack:
             t = stack.pop()

@@ -350,3 +350,13 @@ def test_export_verify_and_the_runtime_read_it(exported):
     frames, log_mel = clip(1)
     masks, scores = OrtBackend(str(out), threads=1).infer(frames.numpy(), log_mel.numpy())
     assert masks.shape == (1, SIZE, SIZE) and scores.shape == (1,)
+
+
+def test_int8_exclusion_of_msda_inputs_says_tpavi_has_none(tmp_path):
+    """TPAVI has no MSDA layer: asking to keep MSDA's inputs in float32 is one line that says so."""
+    result = CliRunner().invoke(main, ["export", "onnx", "--preset", "tpavi-tiny", "--size", "64", "--int8",
+                                       "--int8-clips", "1", "--int8-exclude", "msda-inputs", "--skip-check",
+                                       "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert "has no AutrMSDeformAttn node" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
