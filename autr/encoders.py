@@ -74,7 +74,9 @@ class EncoderModel(nn.Module):
     config freezes (`cfg.frozen_encoders`) take no gradient and stay in eval mode (fixed batch-norm statistics),
     even under `model.train()`. Subclasses build their modules, then call `freeze_encoders()`."""
 
-    frames_independent = True  # each frame computed on its own (training may then run only supervised frames)
+    # Each frame computed on its own (AuTR; DESIGN.md): training may run only the frames with ground truth
+    # (`autr.engine.supervised_frames`). TPAVI (autr/tpavi.py), whose block attends across the clip, sets False.
+    frames_independent = True
 
     def freeze_encoders(self) -> None:
         for name in self.cfg.frozen_encoders:

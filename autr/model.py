@@ -38,10 +38,6 @@ LOG_MEL_SHAPE = (1, 96, 64)
 
 
 class AuTR(EncoderModel):
-    # Frames are independent (DESIGN.md): training may run only the frames with ground truth
-    # (`autr.engine.supervised_frames`). TPAVI (autr/tpavi.py), whose block attends across the clip, sets False.
-    frames_independent = True
-
     def __init__(self, cfg: AutrConfig):
         super().__init__()
         self._levels = {}  # (level shapes, device) -> level tensors, CUDA only (see level_tensors)

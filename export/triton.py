@@ -133,9 +133,9 @@ def check_options(directory, out, max_batch=None, preferred=None, delay_us: int 
     data, spec = _spec(d)
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ExportError(f"--name must be letters, digits, '_' or '-'; got {name!r}")
-    cfg = data.get("config") or {}
-    # frames of concurrent requests may share a call only where the model treats frames alone: AuTR's "frame" rule
-    batching = cfg.get("query_select", "frame") == "frame" and cfg.get("arch", "autr") == "autr"
+    from autr.runtime.backends.sidecar import frames_may_share_a_call
+
+    batching = frames_may_share_a_call(data.get("config") or {})  # else the batcher would mix requests' frames
     t_max = spec.t_max
     mb = t_max if max_batch is None else int(max_batch)
     if not 1 <= mb <= t_max:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends.base import Backend, check_inputs
+from .backends.sidecar import frames_may_share_a_call
 from .errors import BackendError, StreamError, one_line
 from .stats import StageStats, now
 from .threads import limit_blas, limit_opencv, plan_threads
@@ -54,18 +55,15 @@ def _config(backend) -> dict | None:
 
 
 def frames_independent(backend) -> bool:
-    """Whether a backend's frames may be stacked across streams: an AuTR model (TPAVI's block mixes the frames of
-    a call) whose query rule is ``"frame"`` (or is not recorded: exports made before the rule existed pick per
-    frame). False where nothing says so."""
+    """Whether a backend's frames may be stacked across streams (`sidecar.frames_may_share_a_call` of its model's
+    config; a query rule the backend states itself overrides the config's). False where nothing says so."""
     rule = getattr(backend, "query_select", None)
     if rule is None and getattr(backend, "name", None) == "fake":
         return True  # the model-free backend: every frame on its own
     cfg = _config(backend)
-    if cfg is not None and cfg.get("arch", "autr") != "autr":
-        return False
-    if rule is None and cfg is not None:
-        rule = cfg.get("query_select", "frame")
-    return rule == "frame"
+    if cfg is None:
+        return rule == "frame"
+    return frames_may_share_a_call({**cfg, "query_select": rule} if rule is not None else cfg)
 
 
 class _Request:

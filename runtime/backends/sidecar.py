@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import SidecarError, one_line
 
-__all__ = ["ModelSpec", "find_sidecar", "read_sidecar", "parse_spec", "check_preprocessing", "ONNX_SIDECAR"]
+__all__ = ["ModelSpec", "find_sidecar", "read_sidecar", "parse_spec", "check_preprocessing", "frames_may_share_a_call",
+           "ONNX_SIDECAR"]
 
 ONNX_SIDECAR = "model.json"  # written by `autr export onnx` beside model.portable.onnx / model.plugin.onnx
 _REEXPORT = "re-export the model with `autr export onnx` (or rebuild the engine with `autr export trt`)"
@@ -32,6 +33,13 @@ class ModelSpec:
     input_size: tuple
     t_min: int
     t_max: int
+
+
+def frames_may_share_a_call(config: dict) -> bool:
+    """Whether frames of different requests (streams) may go through one call of the model of `config`: an AuTR
+    model (TPAVI's block mixes the frames of a call) whose query rule is "frame" (AuTR's "clip" rule picks one
+    query from all frames of a call; a config from before the rule existed picks per frame)."""
+    return config.get("arch", "autr") == "autr" and config.get("query_select", "frame") == "frame"
 
 
 def find_sidecar(artifact) -> Path | None:
