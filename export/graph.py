@@ -213,7 +213,8 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
         model.graph.initializer.append(inits[name])
         return name
 
-    for node in list(model.graph.node):
+    nodes = list(model.graph.node)  # dropped by position: protobuf's wrappers (and their id()s) are not stable
+    for index, node in enumerate(nodes):
         if node.op_type not in ("Div", "Mul", "Add", "Sub") or node.domain not in ("", "ai.onnx"):
             continue
         for y_idx in (0, 1) if node.op_type in ("Mul", "Add") else (0,):  # C / Y, C - Y: not affine alike
@@ -271,11 +272,11 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
             # the elementwise node goes: the Reshape now writes its output
             reshape.output[0] = node.output[0]
             producer[node.output[0]] = reshape
-            drop.add(id(node))
+            drop.add(index)
             folded += 1
             break
     if drop:
-        keep = [n for n in model.graph.node if id(n) not in drop]
+        keep = [n for i, n in enumerate(nodes) if i not in drop]
         del model.graph.node[:]
         model.graph.node.extend(keep)
         remove_unused(model)
