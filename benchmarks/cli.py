@@ -88,7 +88,7 @@ def bench():
 @click.option("--engine", "engines", multiple=True, type=click.Path(), help="TensorRT engine(s) for the trt rows.")
 @click.option("--backend", "backends", default="torch,ort", show_default=True,
               help="Comma list of torch, ort, openvino (the optional extra), trt.")
-@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, int8 (int8: the static Q/DQ graphs of `autr export onnx --int8`).")
+@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16, int8 (bf16: OpenVINO's bfloat16 inference precision on CPUs that have it; int8: the static Q/DQ graphs of `autr export onnx --int8`).")
 @click.option("--frames", default="1,5", show_default=True, help="Comma list of T (frames per call).")
 @click.option("--size", type=int, help="Input size H = W (default: the model's / the export's).")
 @click.option("--warmup", default=2, show_default=True, help="Untimed calls per row.")

@@ -37,7 +37,9 @@ __all__ = ["BACKENDS", "PRECISIONS", "TorchRunner", "cached_export",
            "resolve_model_source", "run_model_bench", "format_model", "validate_model_args", "default_cache_dir"]
 
 BACKENDS = ("torch", "ort", "openvino", "trt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# bf16 rows: OpenVINO's bfloat16 inference precision on the fp32 portable graph (CPUs with AVX-512 BF16 / AMX);
+# the other backends say in their row why they have none
 ORT_GRAPHS = ("portable", "fused")  # the portable graph (GridSample MSDA) and the plugin graph + custom-op library
 
 
@@ -515,7 +517,8 @@ def ort_row(export_dir: Path, sidecar: dict, precision: str, graph: str, t: int,
 
 def openvino_row(export_dir: Path, sidecar: dict, precision: str, t: int, plan, warmup, iters) -> dict:
     """OpenVINO (the optional `openvino` extra) on the same portable graph: what a CPU deployer would pick
-    instead of ONNX Runtime. fp32 and int8 (OpenVINO runs the Q/DQ graph in low precision itself)."""
+    instead of ONNX Runtime. fp32, bf16 (the fp32 graph with OpenVINO's bfloat16 inference precision, where the
+    CPU has bfloat16 arithmetic) and int8 (OpenVINO runs the Q/DQ graph in low precision itself)."""
     from autr.export.verify import random_clip
 
     from .core import PeakRss
@@ -527,7 +530,7 @@ def openvino_row(export_dir: Path, sidecar: dict, precision: str, t: int, plan, 
         return _skip(row, missing)
     if precision == "fp16":
         return _skip(row, "OpenVINO's CPU plugin has no float16 compute on this CPU (the f16 hint falls back to f32)")
-    kind = "portable_int8" if precision == "int8" else "portable"
+    kind = "portable_int8" if precision == "int8" else "portable"  # bf16: the fp32 graph, computed in bfloat16
     if kind not in sidecar.get("graphs", {}):
         return _skip(row, f"the export {export_dir} has no {kind} graph (export it with --int8)")
     if not int(sidecar["frames"]["min"]) <= t <= int(sidecar["frames"]["max"]):
@@ -537,7 +540,10 @@ def openvino_row(export_dir: Path, sidecar: dict, precision: str, t: int, plan, 
     try:
         with PeakRss() as mem:
             runner = OpenVinoRunner(export_dir / sidecar["graphs"][kind]["file"], threads=plan.intra_op,
-                                    precision="f32", frames=t)
+                                    precision="bf16" if precision == "bf16" else "f32", frames=t)
+            if precision == "bf16" and not runner.computes_in("bf16"):
+                return _skip(row, "this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): OpenVINO would "
+                                  f"compute in {runner.config['INFERENCE_PRECISION_HINT']}")
             samples, _ = _timed_calls(runner, frames, log_mel, warmup, iters)
         row.update(device=runner.device, artifact=str(runner.artifact), threads=runner.threads, config=runner.config)
         return _finish_row(row, samples, [], mem, None)
@@ -638,7 +644,10 @@ def trt_rows(engines, precisions, frames, warmup, iters, export_dir=None, log=No
     for p in precisions:
         chosen = by_precision.get(p) or by_precision.get(None)
         reason = None
-        if p == "int8":
+        if p == "bf16":
+            reason = ("`autr export trt` builds fp32 / fp16 engines (TensorRT 11 networks are strongly typed: bf16 "
+                      "would need a bf16 graph)")
+        elif p == "int8":
             reason = ("`autr export trt` builds fp32 / fp16 engines; an int8 engine is TensorRT's own build of "
                       "model.plugin.int8.onnx (explicit Q/DQ), e.g. trtexec --onnx=model.plugin.int8.onnx --stronglyTyped")
         elif not engines:
@@ -765,6 +774,10 @@ def run_model_bench(backends=("torch", "ort"), precisions=("fp32",), frames=(1, 
                         t, lambda: torch_row(model, device, precision, msda, graphs, t, size, warmup, iters)))
         if "ort" in backends:
             for precision in precisions:
+                if precision == "bf16":
+                    rows += [_skip(_row("ort", precision, t, "provider=cpu"), "ONNX Runtime's CPU provider has no "
+                                   "bfloat16 kernels for this graph; the bf16 row is OpenVINO's") for t in frames]
+                    continue
                 for graph in ORT_GRAPHS:
                     for t in frames:
                         say(f"ort {precision} {graph} T={t}{tag}")

@@ -149,6 +149,12 @@ class OpenVinoRunner(Backend):
         self._scores = self.compiled.output("scores")
         self._version = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
 
+    def computes_in(self, precision: str) -> bool:
+        """Whether the compiled model computes in `precision` (f32, bf16, f16): OpenVINO reports the hint it
+        applied, which falls back to f32 on a CPU without the arithmetic."""
+        applied = self.config["INFERENCE_PRECISION_HINT"].lower()
+        return {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[PRECISIONS[precision.lower()]] in applied
+
     def _check_graph(self, model, onnx_path) -> None:
         inputs = {p.get_any_name(): p.get_partial_shape() for p in model.inputs}
         outputs = {p.get_any_name() for p in model.outputs}

@@ -5,7 +5,8 @@ Everything here works on `onnx.ModelProto` and numpy; nothing imports torch.
 * `simplify` — after onnxscript's optimizer (constant folding, dead code, shape-op folding) the
   exporter's graph still holds multi-output `Split`s of weights (onnxscript skips those) and every
   node's trace metadata. `simplify` folds those splits into initializers, folds constant scales and
-  offsets that follow a linear layer into its weights (`fold_affine_into_linear`), drops the metadata,
+  offsets that follow a linear layer into its weights (`fold_affine_into_linear`), puts the token <->
+  feature-map Transposes in channels-last order (`transposes_to_channels_last`), drops the metadata,
   merges identical initializers, names the MSDA index constants and removes what is left unused.
 * `convert_opset` — the trace is at opset 18; newer opsets come from onnx's version converter, and
   opset 17 from `to_opset17`: the converter too, except `Split` (no 18 -> 17 adapter), which is
@@ -283,10 +284,86 @@ def fold_affine_into_linear(model: onnx.ModelProto) -> int:
     return folded
 
 
+def transposes_to_channels_last(model: onnx.ModelProto) -> int:
+    """Move the token <-> feature-map conversions of vision transformers to channels-last order.
+
+    PVT-style blocks turn tokens into a map and back with ``x.transpose(1, 2).reshape(B, C, H, W)`` and
+    ``y.reshape(B, C, H * W).transpose(1, 2)``::
+
+        [B,N,C] -Transpose(0,2,1)-> [B,C,N] -Reshape-> [B,C,H,W]    becomes    -Reshape-> [B,H,W,C] -Transpose(0,3,1,2)->
+        [B,C,H,W] -Reshape-> [B,C,N] -Transpose(0,2,1)-> [B,N,C]    becomes    -Transpose(0,2,3,1)-> [B,H,W,C] -Reshape->
+
+    The same values, the same number of nodes; the 4-D channels-first <-> channels-last Transposes now sit
+    right beside the convolutions, where a CPU runtime that keeps maps channels-last (OpenVINO) cancels them
+    against its own layout reorders even when Q/DQ nodes stand between (the int8 graphs: 2.0 -> 1.1 ms of
+    Transposes per frame at 128x128). Only static N, C, H, W qualify (the leading axis may be dynamic).
+    Returns how many pairs were rewritten."""
+    inits = _initializers(model)
+    dims = _static_shapes(model)
+    fresh = unique_namer(model)
+    nodes = list(model.graph.node)
+    position = {id(n): i for i, n in enumerate(nodes)}  # `nodes` holds every wrapper alive: the ids are stable
+    producer = {o: n for n in nodes for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in model.graph.output}
+    replace = {}
+
+    def shape_const(node):
+        name = node.input[1] if len(node.input) > 1 else ""
+        return [int(v) for v in numpy_helper.to_array(inits[name])] if name in inits else None
+
+    def static(shape, rank):
+        return shape is not None and len(shape) == rank and None not in shape[1:]
+
+    def new_shape(values) -> str:
+        name = fresh("channels_last_shape")
+        model.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    for t in nodes:
+        if t.op_type != "Transpose" or list(_attr(t, "perm", [])) != [0, 2, 1] or position[id(t)] in replace:
+            continue
+        x_dims, after = dims.get(t.input[0]), consumers[t.output[0]]
+        if static(x_dims, 3) and len(after) == 1 and after[0].op_type == "Reshape" and t.output[0] not in outputs:
+            r, target = after[0], shape_const(after[0])
+            _, n_tok, c = x_dims
+            if (target and len(target) == 4 and target[0] in (-1, 0) and target[1] == c
+                    and target[2] * target[3] == n_tok and position[id(r)] not in replace):
+                mid = fresh(t.output[0] + "_channels_last")
+                replace[position[id(t)]] = helper.make_node(
+                    "Reshape", [t.input[0], new_shape([target[0], target[2], target[3], c])], [mid],
+                    name=fresh(r.name + "_channels_last"))
+                replace[position[id(r)]] = helper.make_node("Transpose", [mid], [r.output[0]],
+                                                            name=fresh(t.name + "_to_nchw"), perm=[0, 3, 1, 2])
+                continue
+        r = producer.get(t.input[0])
+        if r is None or r.op_type != "Reshape" or len(consumers[r.output[0]]) != 1 or r.output[0] in outputs:
+            continue
+        y_dims, target = dims.get(r.input[0]), shape_const(r)
+        if (static(y_dims, 4) and target and len(target) == 3 and target[0] in (-1, 0) and target[1] == y_dims[1]
+                and target[2] == y_dims[2] * y_dims[3] and position[id(r)] not in replace):
+            mid = fresh(r.output[0] + "_channels_last")
+            replace[position[id(r)]] = helper.make_node("Transpose", [r.input[0]], [mid],
+                                                        name=fresh(r.name + "_to_nhwc"), perm=[0, 2, 3, 1])
+            replace[position[id(t)]] = helper.make_node(
+                "Reshape", [mid, new_shape([target[0], target[2], target[1]])], [t.output[0]],
+                name=fresh(t.name + "_tokens"))
+    if replace:
+        rewritten = [replace.get(i, n) for i, n in enumerate(nodes)]
+        del model.graph.node[:]
+        model.graph.node.extend(rewritten)
+        remove_unused(model)
+    return len(replace) // 2
+
+
 def simplify(model: onnx.ModelProto, stats: dict | None = None) -> onnx.ModelProto:
     """The passes above, in order; `stats` (a dict), if given, receives what each one folded or merged."""
     counts = {"constants_folded": fold_constants(model),
-              "affine_folded_into_linear": fold_affine_into_linear(model)}
+              "affine_folded_into_linear": fold_affine_into_linear(model),
+              "transposes_to_channels_last": transposes_to_channels_last(model)}
     strip_metadata(model)
     counts["initializers_merged"] = dedupe_initializers(model)
     if stats is not None:
@@ -422,10 +499,16 @@ def decompose_msda(plugin: onnx.ModelProto) -> onnx.ModelProto:
     Per node, with N dynamic and everything else static (value [N,S,M,D], locations
     [N,Lq,M,L,P,2], weights [N,Lq,M,L,P]):
         value -> Transpose [N,M,D,S] -> Reshape [N*M,D,S] -> Split per level -> Reshape [N*M,D,H,W]
-        locations*2-1 -> Transpose [N,M,L,Lq,P,2] -> Reshape [N*M,L,Lq,P,2] -> Gather level l
-        GridSample(bilinear, zeros, align_corners=0) per level -> Concat [N*M,D,Lq,L*P]
-        * weights (Transpose/Reshape [N*M,1,Lq,L*P]) -> ReduceSum -> [N*M,D,Lq]
-        -> Reshape [N,M*D,Lq] -> Transpose [N,Lq,M*D]
+        locations*2-1 -> Transpose [N,M,L,P,Lq,2] -> Reshape [N*M,L,P,Lq,2] -> Gather level l
+        weights -> Transpose [N,M,L,P,Lq] -> Reshape [N*M,L,1,P,Lq] -> Gather level l
+        per level: GridSample(bilinear, zeros, align_corners=0) [N*M,D,P,Lq] * weights
+        -> Sum over levels -> ReduceSum over P [N*M,D,Lq] -> Reshape [N,M*D,Lq] -> Transpose [N,Lq,M*D]
+
+    The layout is chosen for CPU runtimes: the points P are an outer axis of the sampled values, so the one
+    reduction runs over whole contiguous rows of Lq, and the levels are summed elementwise instead of
+    concatenated along a short last axis (OpenVINO runs such a Concat with its reference kernel, 1 ms per
+    node at 128x128). Measured with OpenVINO int8 at T=1: 14.6 -> 13.8 ms against the per-level reductions,
+    and about 10 % faster than the Concat form.
     """
     model = onnx.ModelProto()
     model.CopyFrom(plugin)
@@ -477,18 +560,18 @@ def decompose_msda(plugin: onnx.ModelProto) -> onnx.ModelProto:
             parts = [v]
         g = mk("Mul", [loc, const(2.0, np.float32)])
         g = mk("Sub", [g, const(1.0, np.float32)])
-        g = mk("Transpose", [g], perm=[0, 2, 3, 1, 4, 5])
-        g = mk("Reshape", [g, const([-1, n_levels, lq, p, 2], np.int64)])
-        sampled = []
+        g = mk("Transpose", [g], perm=[0, 2, 3, 4, 1, 5])
+        g = mk("Reshape", [g, const([-1, n_levels, p, lq, 2], np.int64)])
+        wt = mk("Transpose", [weights], perm=[0, 2, 3, 4, 1])
+        wt = mk("Reshape", [wt, const([-1, n_levels, 1, p, lq], np.int64)])
+        weighted = []
         for lvl, (h, w) in enumerate(level_shapes):
             img = mk("Reshape", [parts[lvl], const([-1, d, h, w], np.int64)])
             grid = mk("Gather", [g, const(lvl, np.int64)], axis=1)
-            sampled.append(mk("GridSample", [img, grid], align_corners=0, mode=mode, padding_mode="zeros"))
-        stacked = mk("Concat", sampled, axis=3) if n_levels > 1 else sampled[0]
-        wt = mk("Transpose", [weights], perm=[0, 2, 1, 3, 4])
-        wt = mk("Reshape", [wt, const([-1, 1, lq, n_levels * p], np.int64)])
-        prod = mk("Mul", [stacked, wt])
-        red = mk("ReduceSum", [prod, const([3], np.int64)], keepdims=0)
+            sampled = mk("GridSample", [img, grid], align_corners=0, mode=mode, padding_mode="zeros")
+            weighted.append(mk("Mul", [sampled, mk("Gather", [wt, const(lvl, np.int64)], axis=1)]))
+        total = mk("Sum", weighted) if n_levels > 1 else weighted[0]
+        red = mk("ReduceSum", [total, const([2], np.int64)], keepdims=0)
         out = mk("Reshape", [red, const([-1, m * d, lq], np.int64)])
         new_nodes.append(helper.make_node("Transpose", [out], [node.output[0]], name=fresh(f"{base}/Transpose"),
                                           perm=[0, 2, 1]))

@@ -61,8 +61,9 @@ ARTIFACTS = (PLUGIN_FILE, PORTABLE_FILE, PLUGIN_FP16_FILE, PORTABLE_FP16_FILE, P
 FORMAT = "autr-onnx-export"
 FORMAT_VERSION = 1
 # the graphs' own revision: bumped whenever the same weights export to different graphs (2: the deploy form,
-# `autr.model.deploy_form`), so that caches of exports (`autr bench`) remake what they hold
-GRAPH_REVISION = 2
+# `autr.model.deploy_form`; 3: the portable MSDA weighs and reduces each level on its own, no Concat), so that
+# caches of exports (`autr bench`) remake what they hold
+GRAPH_REVISION = 3
 MIN_OPSET = 17  # GridSample on 4-D maps (16) and LayerNormalization (17)
 MAX_OPSET = 23  # newest opset both torch's exporter and the pinned ONNX Runtime handle
 DEFAULT_OPSET = 18  # torch's exporter writes 18 natively (17 needs a down-conversion)

@@ -123,24 +123,24 @@ def run_session(sess, frames: np.ndarray, log_mel: np.ndarray):
     return masks, scores
 
 
-class OrtModel:
-    """An exported graph behind the inference interface of `autr.model.AuTR`, so `autr.evaluation`
-    (the code of `autr eval`) scores it unchanged: `eval()` and `to("cpu")` return the object,
-    `model(frames, log_mel)` takes torch tensors [T,3,H,W], [T,1,96,64] and returns
-    {"masks": [T,H,W] logits, "scores": [T] logits} as float32 torch tensors, computed by ONNX Runtime
-    on the CPU (`plugin`: MSDA nodes by the PyTorch reference, as `session` serves them)."""
+class ExportedModel:
+    """An exported graph behind the inference interface of `autr.model.AuTR`, so `autr.evaluation` (the code
+    of `autr eval`) scores it unchanged: `eval()` and `to("cpu")` return the object, `model(frames, log_mel)`
+    takes torch tensors [T,3,H,W], [T,1,96,64] and returns {"masks": [T,H,W] logits, "scores": [T] logits} as
+    float32 torch tensors, computed by `infer(frames, log_mel)` on numpy arrays (a runtime backend's call)."""
 
-    def __init__(self, path, plugin: bool = False, threads: int | None = None, t_max: int | None = None):
-        self.path = str(path)
+    runtime = "CPU"
+
+    def __init__(self, infer, t_max: int | None = None):
+        self.infer = infer
         self.t_max = t_max
-        self.session = session(path, plugin=plugin, threads=threads)
 
     def eval(self):
         return self
 
     def to(self, device):
         if str(device) != "cpu":
-            raise ExportError(f"OrtModel runs on the CPU (ONNX Runtime), not on {device}")
+            raise ExportError(f"{type(self).__name__} runs on the CPU ({self.runtime}), not on {device}")
         return self
 
     def __call__(self, frames, log_mel) -> dict:
@@ -151,9 +151,21 @@ class OrtModel:
                               f"re-export with --frames {len(frames)}")
         f = np.ascontiguousarray(frames.detach().cpu().numpy(), dtype=np.float32)
         a = np.ascontiguousarray(log_mel.detach().cpu().numpy(), dtype=np.float32)
-        masks, scores = run_session(self.session, f, a)
+        masks, scores = self.infer(f, a)
         return {"masks": torch.from_numpy(np.asarray(masks, np.float32)),
                 "scores": torch.from_numpy(np.asarray(scores, np.float32))}
+
+
+class OrtModel(ExportedModel):
+    """An exported graph in ONNX Runtime on the CPU (`plugin`: MSDA nodes by the PyTorch reference, as
+    `session` serves them), behind the interface of `ExportedModel`."""
+
+    runtime = "ONNX Runtime"
+
+    def __init__(self, path, plugin: bool = False, threads: int | None = None, t_max: int | None = None):
+        self.path = str(path)
+        self.session = session(path, plugin=plugin, threads=threads)
+        super().__init__(lambda f, a: run_session(self.session, f, a), t_max)
 
 
 def run_torch(model, frames: np.ndarray, log_mel: np.ndarray):

@@ -560,3 +560,35 @@ def test_passes_merge_into_one_row_with_median_ratios():
     assert ort["speedup_vs_baseline"] == 3.0 and ort["vs_floor"] == 2.2  # medians of 4/2.2/3 and 2/4/2.2
     assert merged[1]["status"] == "failed" and merged[1]["reason"] == "boom"
     assert model_bench.merge_passes(passes[:1]) is passes[0]
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def test_bf16_rows_are_openvinos_and_the_others_say_why_not(model_run, cache, tmp_path):
+    """`--precision bf16`: OpenVINO computes the fp32 portable graph in bfloat16 where the CPU has the
+    arithmetic; ONNX Runtime and TensorRT rows say in one line why they have none."""
+    from autr.benchmarks import openvino_runner
+
+    out = tmp_path / "bf16.json"
+    result = run_cli(["model", "--preset", "tiny", "--size", str(SIZE), "--backend", "ort,openvino,trt",
+                      "--precision", "bf16", "--frames", "1", "--warmup", "1", "--iters", "2", "--threads", "1",
+                      "--cache", str(cache), "--quiet", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"] if not r.get("baseline")}
+    assert set(rows) == {"ort", "openvino", "trt"} and all(r["precision"] == "bf16" for r in rows.values())
+    assert rows["ort"]["status"] == "skipped" and "no bfloat16 kernels" in rows["ort"]["reason"]
+    assert rows["trt"]["status"] == "skipped"
+    ov = rows["openvino"]
+    if not openvino_runner.available():
+        assert ov["status"] == "skipped" and "openvino" in ov["reason"]
+    elif _cpu_has_bf16():
+        assert ov["status"] == "ok" and "bfloat16" in ov["config"]["INFERENCE_PRECISION_HINT"]
+        assert ov["latency_ms"]["p50"] > 0 and ov["speedup_vs_baseline"] > 0
+    else:
+        assert ov["status"] == "skipped" and "no bfloat16 arithmetic" in ov["reason"]

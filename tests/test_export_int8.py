@@ -304,3 +304,30 @@ def test_int8_sessions_keep_the_qdq_matmuls_int8(exported):
     onnxruntime.InferenceSession(str(out / "model.portable.int8.onnx"), so, providers=["CPUExecutionProvider"],
                                  disabled_optimizers=q.describe()["disabled_optimizers"])
     assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(str(out / "optimized.onnx")).graph.node}
+
+
+def test_precision_accuracy_scores_openvino_rows_against_onnx_runtime(exported, monkeypatch):
+    """`--openvino fp32,int8[,bf16]`: OpenVINO's CPU rows, scored by the same eval code, compared with ONNX
+    Runtime's fp32 graph; without OpenVINO, one line before any model loads."""
+    from autr.benchmarks import openvino_runner
+    from autr.benchmarks import precision_accuracy as pa
+    from autr.benchmarks.core import BenchError
+
+    out, _, _ = exported
+    with pytest.raises(BenchError, match="unknown OpenVINO precision"):
+        pa.validate_args(out, 2, graphs="portable", openvino="fp64")
+    if not openvino_runner.available():
+        with pytest.raises(BenchError, match="--openvino: openvino"):
+            pa.validate_args(out, 2, graphs="portable", openvino="fp32")
+        pytest.skip(openvino_runner.why_unavailable())
+    with monkeypatch.context() as m:
+        m.setattr(openvino_runner, "why_unavailable", lambda: "openvino is not installed: pip install openvino")
+        with pytest.raises(BenchError, match="--openvino: openvino is not installed"):
+            pa.validate_args(out, 2, graphs="portable", openvino="fp32")
+    result = pa.run_precision_accuracy(out, clips=2, graphs="portable", openvino="fp32,int8", progress=False)
+    ort_fp32, ov_fp32, ov_int8 = result["rows"]
+    assert [r["precision"] for r in result["rows"]] == ["fp32", "fp32", "int8"]
+    assert ov_fp32["runtime"].startswith("OpenVINO") and ov_int8["graph"] == "portable_int8"
+    assert abs(ov_fp32["delta_vs_fp32"]["miou"]) < 1e-3 and ov_fp32["delta_vs_fp32"]["audio_swap"] == 0
+    assert isinstance(ov_int8["within_target"], bool) and "within_target" not in ov_fp32
+    assert "| OpenVINO CPU" in pa.format_table({**result, "settings": {"mode": "s4", "seed": 1000, "clips": 2}})

@@ -166,3 +166,58 @@ def test_float16_storage_keeps_what_float16_would_change_where_it_matters():
     np.testing.assert_array_equal(out[0], exact)
     np.testing.assert_array_equal(out[2], tensors["small_lossy"])
     np.testing.assert_array_equal(out[3], tensors[graph.LOCATION_BIAS + "_1"])
+
+
+def _pvt_block(c=8, h=4, w=6, lead=-1):
+    """PVT's depthwise-conv MLP at a dynamic batch T: tokens [T, N, C] -> transpose(1, 2).reshape(T, C, H, W) ->
+    depthwise 3x3 conv -> reshape(T, C, N).transpose(1, 2) -> + tokens."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), "dw"),
+             numpy_helper.from_array(np.array([lead, c, h, w], np.int64), "to_map"),
+             numpy_helper.from_array(np.array([lead, c, h * w], np.int64), "to_tokens")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("Reshape", ["xt", "to_map"], ["map"]),
+             helper.make_node("Conv", ["map", "dw"], ["conv"], group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["conv", "to_tokens"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+             helper.make_node("Add", ["tokens", "x"], ["out"])]
+    g = helper.make_graph(nodes, "pvt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h * w, c])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["T", h * w, c])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("lead", [-1, 0])
+def test_token_map_transposes_move_beside_the_convolution(lead):
+    model = _pvt_block(lead=lead)
+    moved = onnx.ModelProto()
+    moved.CopyFrom(model)
+    assert graph.transposes_to_channels_last(moved) == 2
+    onnx.checker.check_model(moved, full_check=True)
+    ops = [(n.op_type, list(n.attribute[0].ints) if n.op_type == "Transpose" else None) for n in moved.graph.node]
+    assert ops == [("Reshape", None), ("Transpose", [0, 3, 1, 2]), ("Conv", None), ("Transpose", [0, 2, 3, 1]),
+                   ("Reshape", None), ("Add", None)]
+    rng = np.random.default_rng(8)
+    for t in (1, 3):
+        x = rng.standard_normal((t, 24, 8)).astype(np.float32)
+        np.testing.assert_array_equal(_run(moved, x), _run(model, x))
+
+
+def test_what_is_not_a_token_map_conversion_stays():
+    """A reshape that does not split the token axis into H x W (here it regroups the channels) is not a layout
+    change: left alone, as is a transposed tensor that something else reads too."""
+    model = _pvt_block()
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array([-1, 4, 12, 4], np.int64), "to_map"))
+    model.graph.node[2].attribute[0].i = 4  # group = channels of the regrouped map
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "dw"))
+    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([-1, 4, 48], np.int64), "to_tokens"))
+    model.graph.node[4].CopyFrom(helper.make_node("Identity", ["flat"], ["tokens"]))
+    model.graph.node[5].CopyFrom(helper.make_node("Reshape", ["tokens", "shape_back"], ["out"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 24, 8], np.int64), "shape_back"))
+    before = [n.op_type for n in model.graph.node]
+    assert graph.transposes_to_channels_last(model) == 0
+    assert [n.op_type for n in model.graph.node] == before
+    shared = _pvt_block()
+    shared.graph.node.append(helper.make_node("Identity", ["xt"], ["xt_copy"]))
+    shared.graph.output.append(helper.make_tensor_value_info("xt_copy", TensorProto.FLOAT, ["T", 8, 24]))
+    assert graph.transposes_to_channels_last(shared) == 1  # the map -> tokens pair only
+    assert [n.op_type for n in shared.graph.node[:2]] == ["Transpose", "Reshape"]

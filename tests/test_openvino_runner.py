@@ -271,3 +271,17 @@ def test_parity_with_onnx_runtime_on_tiny_export(tmp_path):
             assert check["score_max_abs_diff"] <= 1e-4, check
             assert check["mask_iou"] >= 0.995 and check["sounding_agrees"], check
         runner.close()
+
+
+@needs_openvino
+def test_runner_says_which_precision_it_computes_in(contract_export):
+    """bf16 is a hint: OpenVINO computes in bfloat16 only where the CPU has the arithmetic, and the runner says
+    which one it got (the bench's bf16 row and the accuracy table rely on it)."""
+    has_bf16 = any(flag in open("/proc/cpuinfo").read() for flag in ("avx512_bf16", "amx_bf16"))
+    f32 = ovr.OpenVinoRunner(contract_export, threads=1)
+    bf16 = ovr.OpenVinoRunner(contract_export, threads=1, precision="bf16")
+    assert f32.computes_in("f32") and not f32.computes_in("bf16")
+    assert bf16.computes_in("bf16") == has_bf16 and bf16.computes_in("fp32") == (not has_bf16)
+    frames, log_mel = inputs(1, *SIZE)
+    ref = ort_outputs(contract_export / "model.portable.onnx", frames, log_mel)
+    assert ovr.parity(ref, bf16.infer(frames, log_mel))["mask_iou"] > 0.9
