@@ -118,10 +118,13 @@ def summarize(report: dict) -> str:
              f"{report['frames']['dropped']['total']} dropped",
              f"end to end p50 {lat['p50']:.0f} / p90 {lat['p90']:.0f} / p99 {lat['p99']:.0f} / "
              f"max {lat['max']:.0f} ms; inference p50 {stages['inference']['p50']:.0f} ms"]
-    iso = report.get("inference_isolated_ms")
+    iso, paced = report.get("inference_isolated_ms"), report.get("inference_isolated_paced_ms")
     if iso:
-        lines[-1] += (f" in the pipeline vs {iso['p50']:.0f} ms alone "
+        lines[-1] += (f" in the pipeline vs {iso['p50']:.0f} ms alone back to back "
                       f"({report['inference_in_pipeline_vs_isolated']:.2f}x)")
+    if paced:
+        lines[-1] += (f", {paced['p50']:.0f} ms alone at the pipeline's pace of one call per "
+                      f"{paced['period_ms']:.0f} ms ({report['inference_in_pipeline_vs_isolated_paced']:.2f}x)")
     th = report.get("threads") or {}
     if th.get("backend"):
         b = th["backend"]

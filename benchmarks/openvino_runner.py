@@ -140,8 +140,9 @@ class OpenVinoRunner(Backend):
         except Exception as exc:
             raise BackendError(f"OpenVINO cannot compile {onnx_path} for the CPU: {one_line(exc)}") from None
         self.compile_seconds = time.perf_counter() - t0
-        self.config = {k: str(self.compiled.get_property(k)) for k in
-                       ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS")}
+        # element types as OpenVINO names them (f32, bf16, f16): str() of an ov.Type is "<Type: 'float32'>"
+        self.config = {k: (lambda v: v.to_string() if hasattr(v, "to_string") else str(v))(self.compiled.get_property(k))
+                       for k in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS")}
         self.threads = n_threads
         self.precision = hint
         self._request = self.compiled.create_infer_request()
@@ -152,8 +153,7 @@ class OpenVinoRunner(Backend):
     def computes_in(self, precision: str) -> bool:
         """Whether the compiled model computes in `precision` (f32, bf16, f16): OpenVINO reports the hint it
         applied, which falls back to f32 on a CPU without the arithmetic."""
-        applied = self.config["INFERENCE_PRECISION_HINT"].lower()
-        return {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[PRECISIONS[precision.lower()]] in applied
+        return self.config["INFERENCE_PRECISION_HINT"] == PRECISIONS[precision.lower()]
 
     def _check_graph(self, model, onnx_path) -> None:
         inputs = {p.get_any_name(): p.get_partial_shape() for p in model.inputs}

@@ -3,9 +3,9 @@
     python -m autr.benchmarks.readme [--readme README.md] [--results benchmarks/results] [--check]
 
 Everything between the markers `<!-- bench:start -->` and `<!-- bench:end -->` is replaced by one block per
-`autr bench` result JSON in the results folder (model, then msda, stream, gpu_check; by file name within a
-kind): its heading (command kind, what, device, date), the command that produced it, versions and threads,
-its markdown table, a link to the JSON and to the PNG of the same name when there is one. Text outside the
+`autr bench` result JSON in the results folder (model, then the precisions' accuracy, msda, stream,
+gpu_check; by file name within a kind): its heading (command kind, what, device, date), the command that
+produced it, versions and threads, its markdown table, a link to the JSON and to the PNG of the same name when there is one. Text outside the
 markers is left byte for byte; running it twice changes nothing. `--check` writes nothing and exits 1 when
 the section is out of date. Other JSON files in the folder (no `autr_bench` key) are not bench results and
 are skipped.
@@ -24,7 +24,7 @@ __all__ = ["START", "END", "render_section", "update_readme", "load_results", "m
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
-KIND_ORDER = ("model", "msda", "stream", "gpu_check")
+KIND_ORDER = ("model", "precision_accuracy", "msda", "stream", "gpu_check")
 REPO_README = Path(__file__).resolve().parent.parent / "README.md"
 
 

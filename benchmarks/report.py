@@ -26,8 +26,10 @@ def heading(result: dict) -> str:
     what = {"model": lambda r: f"{r['model']['preset']} at {r['size']}x{r['size']}",
             "msda": lambda r: "MSDA op",
             "stream": lambda r: f"runtime on a file, {r['model'].get('backend')} backend",
-            "gpu_check": lambda r: "GPU check"}.get(kind, lambda r: kind)(result)
-    name = "python -m autr.benchmarks.gpu_check" if kind == "gpu_check" else f"autr bench {kind}"
+            "gpu_check": lambda r: "GPU check",
+            "precision_accuracy": lambda r: "accuracy of the exported precisions"}.get(kind, lambda r: kind)(result)
+    name = (f"python -m autr.benchmarks.{kind}" if kind in ("gpu_check", "precision_accuracy")
+            else f"autr bench {kind}")
     return f"`{name}` — {what}, {result.get('device_label', '?')}, {str(result.get('date', ''))[:10]}"
 
 
@@ -84,15 +86,17 @@ def markdown_msda(result: dict) -> str:
 
 def markdown_stream(result: dict) -> str:
     head = ["run", "windows/s", "e2e p50 ms", "p90 ms", "p99 ms", "max ms", "inference p50 ms", "alone p50 ms",
-            "in pipeline / alone", "frames out", "dropped"]
+            "in pipeline / alone", "alone at the run's pace p50 ms", "in pipeline / paced", "frames out", "dropped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, r in result["runs"].items():
         e, inf = r["end_to_end_ms"], r["inference_ms"]
         alone = (r.get("inference_isolated_ms") or {}).get("p50")
-        ratio = r.get("inference_in_pipeline_vs_isolated")
+        paced = (r.get("inference_isolated_paced_ms") or {}).get("p50")
+        ratio, paced_ratio = r.get("inference_in_pipeline_vs_isolated"), r.get("inference_in_pipeline_vs_isolated_paced")
         lines.append("| " + " | ".join([mode, _f(r.get("windows_per_s"), ".2f"), _f(e.get("p50")), _f(e.get("p90")),
                                          _f(e.get("p99")), _f(e.get("max")), _f(inf.get("p50")), _f(alone, ".1f", "–"),
-                                         _f(ratio, ".2f", "–") + ("x" if ratio else ""), str(r["output"]),
+                                         _f(ratio, ".2f", "–") + ("x" if ratio else ""), _f(paced, ".1f", "–"),
+                                         _f(paced_ratio, ".2f", "–") + ("x" if paced_ratio else ""), str(r["output"]),
                                          f"{r['dropped']} of {r.get('captured', '?')}"]) + " |")
     return "\n".join(lines)
 
@@ -106,10 +110,16 @@ def markdown_gpu_check(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_precision_accuracy(result: dict) -> str:
+    from .precision_accuracy import format_table
+
+    return format_table(result)
+
+
 def markdown(result: dict) -> str:
     kind = result.get("kind")
     fn = {"model": markdown_model, "msda": markdown_msda, "stream": markdown_stream,
-          "gpu_check": markdown_gpu_check}.get(kind)
+          "gpu_check": markdown_gpu_check, "precision_accuracy": markdown_precision_accuracy}.get(kind)
     if fn is None:
         raise ValueError(f"no markdown for result kind {kind!r}")
     return fn(result)

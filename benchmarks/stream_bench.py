@@ -129,6 +129,8 @@ def _summary(rep: dict) -> dict:
             "stopped_by": rep.get("stopped_by"), "error": rep.get("error"),
             "inference_isolated_ms": rep.get("inference_isolated_ms"),
             "inference_in_pipeline_vs_isolated": rep.get("inference_in_pipeline_vs_isolated"),
+            "inference_isolated_paced_ms": rep.get("inference_isolated_paced_ms"),
+            "inference_in_pipeline_vs_isolated_paced": rep.get("inference_in_pipeline_vs_isolated_paced"),
             "threads": rep.get("threads")}
 
 

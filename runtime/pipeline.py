@@ -23,6 +23,7 @@ import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,10 @@ class StreamRunner:
         warmup: run the backend once before the source starts, so the report shows steady-state latency.
         on_packet: optional callback ``f(packet)`` after the sinks (tests, benchmarks).
         isolated_runs: before the source starts, time this many backend calls with nothing else running, so
-            the report compares in-pipeline inference with the same model timed alone (0: skip).
+            the report compares in-pipeline inference with the same model timed alone (0: skip); and after the
+            run as many again, alone but paced at the run's own call interval (``inference_isolated_paced_ms``):
+            a call after an idle gap is slower than a back-to-back one (caches and cores go cold), so the paced
+            ratio is what the pipeline's threads cost and the back-to-back one adds the cadence.
         plan: the :class:`~autr.runtime.threads.ThreadPlan` in force (None: the default plan for this source);
             numpy's BLAS and OpenCV are limited to ``plan.blas`` / ``plan.opencv`` threads while the runner
             runs, and the plan is reported.
@@ -95,6 +99,9 @@ class StreamRunner:
         self.warmup = bool(warmup)
         self.isolated_runs = max(0, int(isolated_runs))
         self.isolated_ms: list = []
+        self.isolated_paced_ms: list = []
+        self._paced_period = None  # mean seconds between in-pipeline inference starts, for the paced timing
+        self._infer_starts: collections.deque = collections.deque(maxlen=4096)
         self._before_start = (0, 0)  # (frames captured, dropped by the source queue) before the pipeline ran
         self.on_packet = on_packet
         self.plan = plan if plan is not None else plan_threads(pipeline=True)
@@ -307,6 +314,7 @@ class StreamRunner:
         lat.add("preprocess", s["preprocessed"] - s["dequeued"])
         lat.add("queue_wait", s["infer_start"] - s["preprocessed"])
         lat.add("inference", s["inferred"] - s["infer_start"])
+        self._infer_starts.append(s["infer_start"])
         lat.add("output_wait", s["out_start"] - s["inferred"])
         lat.add("postprocess", s["postprocessed"] - s["out_start"])
         lat.add("render", s["rendered"] - s["postprocessed"])
@@ -398,21 +406,30 @@ class StreamRunner:
                 except (ValueError, TypeError, OSError):
                     pass
             self._shutdown(interrupted or self._sigint)
+        if self.isolated_runs and not (interrupted or self._sigint) and len(self._infer_starts) >= 3:
+            starts = np.asarray(self._infer_starts)
+            self._paced_period = float((starts[-1] - starts[0]) / (len(starts) - 1))  # the run's mean cadence
+            self._time_isolated(self._paced_period, self.isolated_paced_ms)
         return self.report()
 
-    def _time_isolated(self) -> None:
-        """Time ``isolated_runs`` backend calls on one window of zeros before anything else runs (after three
-        untimed ones: an engine's first calls after loading are slower than its steady state)."""
+    def _time_isolated(self, period: float | None = None, into: list | None = None) -> None:
+        """Time ``isolated_runs`` backend calls on one window of zeros with nothing else running (after three
+        untimed ones: an engine's first calls after loading are slower than its steady state), back to back,
+        or with `period` seconds from one call's start to the next (the pipeline's cadence)."""
         if not self.isolated_runs:
             return
+        into = self.isolated_ms if into is None else into
         h, w = self.backend.input_size
         frames = np.zeros((self.window, 3, h, w), np.float32)
         log_mel = np.full((self.window, 1, 96, 64), np.log(0.01), np.float32)
         for k in range(self.isolated_runs + 3):
             t0 = now()
             self.backend.infer(frames, log_mel)
+            took = now() - t0
             if k >= 3:
-                self.isolated_ms.append((now() - t0) * 1000.0)
+                into.append(took * 1000.0)
+            if period:
+                time.sleep(max(0.0, period - took))
 
     def _catch_sigint(self):
         """In the main thread, the first Ctrl-C (or SIGTERM) only raises a flag that the output loop checks
@@ -526,6 +543,14 @@ class StreamRunner:
             in_pipe = rep["latency_ms"].get("inference", {}).get("p50")
             rep["inference_in_pipeline_vs_isolated"] = (None if not in_pipe else
                                                         round(in_pipe / rep["inference_isolated_ms"]["p50"], 3))
+        if self.isolated_paced_ms:
+            paced = np.asarray(self.isolated_paced_ms)
+            rep["inference_isolated_paced_ms"] = {"runs": int(paced.size), "period_ms": round(self._paced_period * 1e3, 3),
+                                                  "p50": round(float(np.median(paced)), 3),
+                                                  "p90": round(float(np.percentile(paced, 90)), 3)}
+            in_pipe = rep["latency_ms"].get("inference", {}).get("p50")
+            rep["inference_in_pipeline_vs_isolated_paced"] = (
+                None if not in_pipe else round(in_pipe / rep["inference_isolated_paced_ms"]["p50"], 3))
         if self.gt_frames:
             rep["synthetic_gt"] = {"frames_with_sound": self.gt_frames,
                                    "mean_iou": round(self.gt_iou_sum / self.gt_frames, 4)}

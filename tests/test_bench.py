@@ -314,6 +314,8 @@ def test_readme_generator_replaces_only_the_marked_section(model_run, tmp_path):
     (results / "model_cpu.json").write_text((model_run[0] / "model.json").read_text())
     (results / "model_cpu.png").write_bytes((model_run[0] / "model.png").read_bytes())
     (results / "presets_cpu.json").write_text('{"size": 224, "presets": []}')  # not a bench result: skipped
+    accuracy = ROOT / "benchmarks" / "results" / "precision_accuracy_cpu.json"
+    (results / "precision_accuracy_cpu.json").write_text(accuracy.read_text())
     before, after = "# Title\n\nIntro text.\n\n## Performance\n\n", "\n\n## Next section\n\nMore text.\n"
     readme = tmp_path / "README.md"
     readme.write_text(f"{before}{START}\nold hand-typed numbers\n{END}{after}")
@@ -327,6 +329,10 @@ def test_readme_generator_replaces_only_the_marked_section(model_run, tmp_path):
     assert "| torch (baseline) | fp32 | eager, msda=reference | 1 |" in section
     assert "](results/model_cpu.json)" in section and "](results/model_cpu.png)" in section
     assert "presets_cpu" not in section
+    # the accuracy of the exported precisions comes right after the speed table it goes with
+    assert section.index("`autr bench model`") < section.index("`python -m autr.benchmarks.precision_accuracy` — "
+                                                               "accuracy of the exported precisions")
+    assert "| portable_int8 | ONNX Runtime CPU | int8" in section
     assert readme_main(["--readme", str(readme), "--results", str(results)]) == 0
     assert readme.read_text() == text  # idempotent
     assert readme_main(["--readme", str(readme), "--results", str(results), "--check"]) == 0
@@ -588,7 +594,7 @@ def test_bf16_rows_are_openvinos_and_the_others_say_why_not(model_run, cache, tm
     if not openvino_runner.available():
         assert ov["status"] == "skipped" and "openvino" in ov["reason"]
     elif _cpu_has_bf16():
-        assert ov["status"] == "ok" and "bfloat16" in ov["config"]["INFERENCE_PRECISION_HINT"]
+        assert ov["status"] == "ok" and ov["config"]["INFERENCE_PRECISION_HINT"] == "bf16"
         assert ov["latency_ms"]["p50"] > 0 and ov["speedup_vs_baseline"] > 0
     else:
         assert ov["status"] == "skipped" and "no bfloat16 arithmetic" in ov["reason"]

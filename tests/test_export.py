@@ -188,7 +188,7 @@ def test_sidecar_contents(exported, tiny_ckpt, tiny_model):
         assert rec["nodes"]["exported"] > rec["nodes"]["final"] > 0
         assert sum(rec["op_counts"].values()) == rec["nodes"]["final"]
         assert set(rec["nodes"]["simplified"]) == {"constants_folded", "affine_folded_into_linear",
-                                                   "initializers_merged"}
+                                                   "transposes_to_channels_last", "initializers_merged"}
     for kind in ("plugin", "portable"):
         assert set(s["parity"][kind]) == {"random T=1", "random T=5"}
         assert all(verify.within_tolerance(r) for r in s["parity"][kind].values())

@@ -76,6 +76,13 @@ def test_report_records_plan_and_isolated_inference(tmp_path):
     ratio = rep["inference_in_pipeline_vs_isolated"]
     assert ratio == pytest.approx(rep["latency_ms"]["inference"]["p50"] / rep["inference_isolated_ms"]["p50"],
                                   rel=1e-2)
+    # after the run, alone again at the run's cadence: a 20 fps source calls the backend every 50 ms
+    paced = rep["inference_isolated_paced_ms"]
+    assert paced["runs"] == 5 and paced["period_ms"] == pytest.approx(50, abs=15)
+    assert paced["p50"] == pytest.approx(10, abs=8)
+    assert rep["inference_in_pipeline_vs_isolated_paced"] == pytest.approx(
+        rep["latency_ms"]["inference"]["p50"] / paced["p50"], rel=1e-2)
+    assert be.calls >= 2 * (5 + 3) + rep["frames"]["output"]  # 3 untimed calls before each timing
 
 
 def test_frames_captured_during_warmup_are_not_drops():
