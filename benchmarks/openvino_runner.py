@@ -29,7 +29,8 @@ import numpy as np
 from autr.runtime.backends.base import Backend, check_inputs
 from autr.runtime.errors import BackendError, BackendUnavailable, one_line
 
-__all__ = ["OpenVinoRunner", "available", "why_unavailable", "synth_inputs", "parity", "compare", "main"]
+__all__ = ["OpenVinoRunner", "available", "why_unavailable", "why_no_precision", "synth_inputs", "parity", "compare",
+           "main"]
 
 INSTALL_HINT = "pip install 'autr[openvino]' (or: pip install openvino)"
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
@@ -65,6 +66,31 @@ def why_unavailable() -> Optional[str]:
     if "CPU" not in devices:
         return f"openvino here has no CPU device (devices: {', '.join(devices) or 'none'})"
     return None
+
+
+def why_no_precision(precision: str) -> Optional[str]:
+    """None when OpenVINO's CPU plugin computes in `precision` here (f32 always; bf16 / f16 where the CPU's
+    OPTIMIZATION_CAPABILITIES list them: AVX-512 BF16 or AMX for bf16), else the reason in one line. Asks the
+    plugin, compiles nothing: a bf16 hint on a CPU without the arithmetic silently computes in f32."""
+    missing = why_unavailable()
+    if missing:
+        return missing
+    hint = PRECISIONS.get(str(precision).lower())
+    if hint is None:
+        return f"unknown precision {precision!r}; use f32, bf16 or f16"
+    if hint == "f32":
+        return None
+    capabilities = _import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if hint.upper() not in capabilities:
+        return (f"this CPU has no {hint} arithmetic for OpenVINO (its capabilities: {', '.join(capabilities)}); "
+                "it would compute in f32")
+    return None
+
+
+def _plain(value) -> str:
+    """A compiled model's property as text; element types as OpenVINO names them (f32, bf16), not str()'s
+    "<Type: 'float32'>"."""
+    return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
 def available() -> bool:
@@ -140,20 +166,14 @@ class OpenVinoRunner(Backend):
         except Exception as exc:
             raise BackendError(f"OpenVINO cannot compile {onnx_path} for the CPU: {one_line(exc)}") from None
         self.compile_seconds = time.perf_counter() - t0
-        # element types as OpenVINO names them (f32, bf16, f16): str() of an ov.Type is "<Type: 'float32'>"
-        self.config = {k: (lambda v: v.to_string() if hasattr(v, "to_string") else str(v))(self.compiled.get_property(k))
-                       for k in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS")}
+        self.config = {k: _plain(self.compiled.get_property(k)) for k in
+                       ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS")}
         self.threads = n_threads
         self.precision = hint
         self._request = self.compiled.create_infer_request()
         self._masks = self.compiled.output("masks")
         self._scores = self.compiled.output("scores")
         self._version = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
-
-    def computes_in(self, precision: str) -> bool:
-        """Whether the compiled model computes in `precision` (f32, bf16, f16): OpenVINO reports the hint it
-        applied, which falls back to f32 on a CPU without the arithmetic."""
-        return self.config["INFERENCE_PRECISION_HINT"] == PRECISIONS[precision.lower()]
 
     def _check_graph(self, model, onnx_path) -> None:
         inputs = {p.get_any_name(): p.get_partial_shape() for p in model.inputs}

@@ -14,8 +14,9 @@ at the export's input size), the same AVSBench mIoU / F-score (`autr.metrics`) a
 precision, on CPUs with bfloat16 arithmetic), and the int8 graph -- the precisions `autr bench model` times.
 
 Each row has its metrics, their differences from the fp32 graph of its family (ONNX Runtime's), and for the
-int8 and bf16 rows whether mIoU and audio_swap are within `TARGET` (0.01) of fp32. Refusals (no export, a graph missing, bad numbers) are one line
-on stderr with exit status 2.
+int8 and bf16 rows whether mIoU and audio_swap are within `TARGET` (0.01) of fp32. Refusals (no export, a
+graph missing, bad numbers, OpenVINO or its bf16 missing here) are one line on stderr with exit status 2,
+before any model loads.
 """
 from __future__ import annotations
 
@@ -54,11 +55,12 @@ def validate_args(export, clips: int, mode: str = "s4", graphs=GRAPHS, threads=N
     graphs = parse_list(graphs, choices=tuple(PRECISION), what="graph")
     openvino = parse_list(openvino, choices=tuple(OPENVINO), what="OpenVINO precision") if openvino else []
     if openvino:
-        from .openvino_runner import why_unavailable
+        from .openvino_runner import why_no_precision
 
-        missing = why_unavailable()
-        if missing:
-            raise BenchError(f"--openvino: {missing}")
+        for precision in openvino:
+            missing = why_no_precision(OPENVINO[precision][1])
+            if missing:
+                raise BenchError(f"--openvino {precision}: {missing}")
     records = sidecar.get("graphs") or {}
     for kind in dict.fromkeys([*graphs, *(OPENVINO[p][0] for p in openvino)]):
         if kind not in records or not (directory / records[kind]["file"]).is_file():
@@ -110,17 +112,17 @@ def run_precision_accuracy(export, clips: int = 200, mode: str = "s4", seed: int
 
         kind, hint = OPENVINO[precision]
         rec = sidecar["graphs"][kind]
-        runner = OpenVinoRunner(directory / rec["file"], threads=threads, precision=hint)
-        if not runner.computes_in(hint):
-            raise BenchError(f"--openvino {precision}: this CPU has no {precision} arithmetic (OpenVINO would compute "
-                             f"in {runner.config['INFERENCE_PRECISION_HINT']}); leave {precision} out")
         say(f"openvino {precision} ({kind}): {clips} clips")
-        t0 = time.perf_counter()
-        metrics = evaluate_synthetic(ExportedModel(runner.infer, t_max), mode, seed, clips, size, "cpu",
-                                     progress=progress)
-        rows.append(_row(kind, precision, metrics, time.perf_counter() - t0, file=rec["file"], sha256=rec.get("sha256"),
+        runner = OpenVinoRunner(directory / rec["file"], threads=threads, precision=hint)
+        try:
+            t0 = time.perf_counter()
+            metrics = evaluate_synthetic(ExportedModel(runner.infer, t_max), mode, seed, clips, size, "cpu",
+                                         progress=progress)
+        finally:
+            runner.close()
+        rows.append(_row(kind, precision, metrics, time.perf_counter() - t0, file=rec["file"],
+                         sha256=rec.get("sha256"),
                          runtime=f"OpenVINO CPU (inference precision {runner.config['INFERENCE_PRECISION_HINT']})"))
-        runner.close()
         say(_line(rows[-1]))
     _compare(rows)
     quant = (sidecar["graphs"].get("portable_int8") or {}).get("quantization")
@@ -158,8 +160,8 @@ def _fmt(value, digits=4, signed=False) -> str:
 
 
 def _line(row: dict) -> str:
-    return (f"{row['graph']} {row['precision']} ({row.get('runtime', '')}): mIoU {_fmt(row['miou'])}  F {_fmt(row['fscore'])}  audio_swap "
-            f"{_fmt(row['audio_swap'])}  ({row['seconds']:.0f} s)")
+    return (f"{row['graph']} {row['precision']} ({row.get('runtime', '')}): mIoU {_fmt(row['miou'])}  "
+            f"F {_fmt(row['fscore'])}  audio_swap {_fmt(row['audio_swap'])}  ({row['seconds']:.0f} s)")
 
 
 def format_table(result: dict) -> str:
@@ -169,8 +171,8 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         d = r.get("delta_vs_fp32") or {}
         mark = {True: " ✓", False: " ✗"}.get(r.get("within_target"), "")
-        lines.append(f"| {r['graph']} | {r.get('runtime', '')} | {r['precision']}{mark} | {_fmt(r['miou'])} | {_fmt(r['fscore'])} | "
-                     f"{_fmt(r['miou_dataset'])} | {_fmt(r['audio_swap'])} | {_fmt(d.get('miou'), signed=True)} | "
+        lines.append(f"| {r['graph']} | {r.get('runtime', '')} | {r['precision']}{mark} | {_fmt(r['miou'])} | "
+                     f"{_fmt(r['fscore'])} | {_fmt(r['miou_dataset'])} | {_fmt(r['audio_swap'])} | {_fmt(d.get('miou'), signed=True)} | "
                      f"{_fmt(d.get('audio_swap'), signed=True)} | {r['seconds']:.0f} |")
     s = result["settings"]
     lines.append(f"\nSynthAVS {s['mode']} seed {s['seed']}, {s['clips']} clips; ✓ / ✗: int8 / bf16 mIoU and "

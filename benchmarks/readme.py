@@ -5,10 +5,10 @@
 Everything between the markers `<!-- bench:start -->` and `<!-- bench:end -->` is replaced by one block per
 `autr bench` result JSON in the results folder (model, then the precisions' accuracy, msda, stream,
 gpu_check; by file name within a kind): its heading (command kind, what, device, date), the command that
-produced it, versions and threads, its markdown table, a link to the JSON and to the PNG of the same name when there is one. Text outside the
-markers is left byte for byte; running it twice changes nothing. `--check` writes nothing and exits 1 when
-the section is out of date. Other JSON files in the folder (no `autr_bench` key) are not bench results and
-are skipped.
+produced it, versions and threads, its markdown table, a link to the JSON and to the PNG of the same name
+when there is one. Text outside the markers is left byte for byte; running it twice changes nothing.
+`--check` writes nothing and exits 1 when the section is out of date. Other JSON files in the folder (no
+`autr_bench` key) are not bench results and are skipped.
 """
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ def markdown_stream(result: dict) -> str:
         e, inf = r["end_to_end_ms"], r["inference_ms"]
         alone = (r.get("inference_isolated_ms") or {}).get("p50")
         paced = (r.get("inference_isolated_paced_ms") or {}).get("p50")
-        ratio, paced_ratio = r.get("inference_in_pipeline_vs_isolated"), r.get("inference_in_pipeline_vs_isolated_paced")
+        ratio = r.get("inference_in_pipeline_vs_isolated")
+        paced_ratio = r.get("inference_in_pipeline_vs_isolated_paced")
         lines.append("| " + " | ".join([mode, _f(r.get("windows_per_s"), ".2f"), _f(e.get("p50")), _f(e.get("p90")),
                                          _f(e.get("p99")), _f(e.get("max")), _f(inf.get("p50")), _f(alone, ".1f", "–"),
                                          _f(ratio, ".2f", "–") + ("x" if ratio else ""), _f(paced, ".1f", "–"),

@@ -101,7 +101,7 @@ class StreamRunner:
         self.isolated_ms: list = []
         self.isolated_paced_ms: list = []
         self._paced_period = None  # mean seconds between in-pipeline inference starts, for the paced timing
-        self._infer_starts: collections.deque = collections.deque(maxlen=4096)
+        self._infer_starts = None  # (first, last, count) of the recorded inference start times
         self._before_start = (0, 0)  # (frames captured, dropped by the source queue) before the pipeline ran
         self.on_packet = on_packet
         self.plan = plan if plan is not None else plan_threads(pipeline=True)
@@ -314,7 +314,8 @@ class StreamRunner:
         lat.add("preprocess", s["preprocessed"] - s["dequeued"])
         lat.add("queue_wait", s["infer_start"] - s["preprocessed"])
         lat.add("inference", s["inferred"] - s["infer_start"])
-        self._infer_starts.append(s["infer_start"])
+        first, _, count = self._infer_starts or (s["infer_start"], None, 0)
+        self._infer_starts = (first, s["infer_start"], count + 1)
         lat.add("output_wait", s["out_start"] - s["inferred"])
         lat.add("postprocess", s["postprocessed"] - s["out_start"])
         lat.add("render", s["rendered"] - s["postprocessed"])
@@ -406,9 +407,9 @@ class StreamRunner:
                 except (ValueError, TypeError, OSError):
                     pass
             self._shutdown(interrupted or self._sigint)
-        if self.isolated_runs and not (interrupted or self._sigint) and len(self._infer_starts) >= 3:
-            starts = np.asarray(self._infer_starts)
-            self._paced_period = float((starts[-1] - starts[0]) / (len(starts) - 1))  # the run's mean cadence
+        if self.isolated_runs and not (interrupted or self._sigint) and (self._infer_starts or (0, 0, 0))[2] >= 3:
+            first, last, count = self._infer_starts
+            self._paced_period = (last - first) / (count - 1)  # the run's mean cadence
             self._time_isolated(self._paced_period, self.isolated_paced_ms)
         return self.report()
 
@@ -536,21 +537,17 @@ class StreamRunner:
             "device": env["device"],
             "versions": env["versions"],
         }
-        if self.isolated_ms:
-            iso = np.asarray(self.isolated_ms)
-            rep["inference_isolated_ms"] = {"runs": int(iso.size), "p50": round(float(np.median(iso)), 3),
-                                            "p90": round(float(np.percentile(iso, 90)), 3)}
-            in_pipe = rep["latency_ms"].get("inference", {}).get("p50")
-            rep["inference_in_pipeline_vs_isolated"] = (None if not in_pipe else
-                                                        round(in_pipe / rep["inference_isolated_ms"]["p50"], 3))
-        if self.isolated_paced_ms:
-            paced = np.asarray(self.isolated_paced_ms)
-            rep["inference_isolated_paced_ms"] = {"runs": int(paced.size), "period_ms": round(self._paced_period * 1e3, 3),
-                                                  "p50": round(float(np.median(paced)), 3),
-                                                  "p90": round(float(np.percentile(paced, 90)), 3)}
-            in_pipe = rep["latency_ms"].get("inference", {}).get("p50")
-            rep["inference_in_pipeline_vs_isolated_paced"] = (
-                None if not in_pipe else round(in_pipe / rep["inference_isolated_paced_ms"]["p50"], 3))
+        in_pipe = rep["latency_ms"].get("inference", {}).get("p50")
+        for suffix, samples in (("", self.isolated_ms), ("_paced", self.isolated_paced_ms)):
+            if not samples:
+                continue
+            alone = {"runs": len(samples), "p50": round(float(np.median(samples)), 3),
+                     "p90": round(float(np.percentile(samples, 90)), 3)}
+            if suffix:
+                alone["period_ms"] = round(self._paced_period * 1e3, 3)
+            rep[f"inference_isolated{suffix}_ms"] = alone
+            rep[f"inference_in_pipeline_vs_isolated{suffix}"] = (None if not in_pipe
+                                                                 else round(in_pipe / alone["p50"], 3))
         if self.gt_frames:
             rep["synthetic_gt"] = {"frames_with_sound": self.gt_frames,
                                    "mean_iou": round(self.gt_iou_sum / self.gt_frames, 4)}

@@ -8,6 +8,7 @@ out the fp32 parity and --fp16 the float16 graphs, which tests/test_export.py co
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import onnx
@@ -315,14 +316,27 @@ def test_precision_accuracy_scores_openvino_rows_against_onnx_runtime(exported, 
 
     out, _, _ = exported
     with pytest.raises(BenchError, match="unknown OpenVINO precision"):
-        pa.validate_args(out, 2, graphs="portable", openvino="fp64")
+        pa.validate_args(out, 2, graphs="portable", openvino="fp32,fp64")
+
+    class CpuWithoutBf16:  # what openvino.Core answers on an AVX2-only CPU
+        available_devices = ["CPU"]
+
+        def get_property(self, device, key):
+            assert (device, key) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return ["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]
+
+    with monkeypatch.context() as m:
+        m.setattr(openvino_runner, "_import_openvino", lambda: types.SimpleNamespace(Core=CpuWithoutBf16))
+        assert pa.validate_args(out, 2, graphs="portable", openvino="fp32,int8")[-1] == ["fp32", "int8"]
+        with pytest.raises(BenchError, match="--openvino bf16: this CPU has no bf16 arithmetic"):
+            pa.validate_args(out, 2, graphs="portable", openvino="fp32,bf16")
     if not openvino_runner.available():
-        with pytest.raises(BenchError, match="--openvino: openvino"):
+        with pytest.raises(BenchError, match="--openvino fp32: openvino"):
             pa.validate_args(out, 2, graphs="portable", openvino="fp32")
         pytest.skip(openvino_runner.why_unavailable())
     with monkeypatch.context() as m:
         m.setattr(openvino_runner, "why_unavailable", lambda: "openvino is not installed: pip install openvino")
-        with pytest.raises(BenchError, match="--openvino: openvino is not installed"):
+        with pytest.raises(BenchError, match="--openvino fp32: openvino is not installed"):
             pa.validate_args(out, 2, graphs="portable", openvino="fp32")
     result = pa.run_precision_accuracy(out, clips=2, graphs="portable", openvino="fp32,int8", progress=False)
     ort_fp32, ov_fp32, ov_int8 = result["rows"]

@@ -274,14 +274,17 @@ def test_parity_with_onnx_runtime_on_tiny_export(tmp_path):
 
 
 @needs_openvino
-def test_runner_says_which_precision_it_computes_in(contract_export):
-    """bf16 is a hint: OpenVINO computes in bfloat16 only where the CPU has the arithmetic, and the runner says
-    which one it got (the bench's bf16 row and the accuracy table rely on it)."""
+def test_bf16_is_known_before_compiling_and_is_what_openvino_applies(contract_export):
+    """bf16 is a hint: OpenVINO computes in bfloat16 only where the CPU has the arithmetic. `why_no_precision`
+    says so before any model is compiled (the bench's bf16 row and the accuracy table rely on it), and it agrees
+    with the precision the compiled model reports."""
     has_bf16 = any(flag in open("/proc/cpuinfo").read() for flag in ("avx512_bf16", "amx_bf16"))
+    assert ovr.why_no_precision("f32") is None and "unknown precision" in ovr.why_no_precision("fp64")
+    assert (ovr.why_no_precision("bf16") is None) == has_bf16
     f32 = ovr.OpenVinoRunner(contract_export, threads=1)
     bf16 = ovr.OpenVinoRunner(contract_export, threads=1, precision="bf16")
-    assert f32.computes_in("f32") and not f32.computes_in("bf16")
-    assert bf16.computes_in("bf16") == has_bf16 and bf16.computes_in("fp32") == (not has_bf16)
+    assert f32.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert bf16.config["INFERENCE_PRECISION_HINT"] == ("bf16" if has_bf16 else "f32")
     frames, log_mel = inputs(1, *SIZE)
     ref = ort_outputs(contract_export / "model.portable.onnx", frames, log_mel)
     assert ovr.parity(ref, bf16.infer(frames, log_mel))["mask_iou"] > 0.9
