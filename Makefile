@@ -20,7 +20,7 @@ ORT_OPS_LIB := $(PLUGIN_DIR)/libautr_ort_ops.so
 ORT_OPS_SRC := plugins/csrc/ms_deform_attn_problem.h plugins/csrc/ms_deform_attn_cpu.h plugins/csrc/ms_deform_attn_cpu.cpp plugins/ort/autr_ort_ops.cpp plugins/ort/exports.map \
                plugins/csrc/ms_deform_attn.h plugins/csrc/ms_deform_attn.cuh plugins/csrc/ms_deform_attn.cu plugins/build.py
 
-.PHONY: install system test test-slow demo default-export presets plugins ort-headers ort-ops bench serve gpu-check clean
+.PHONY: install system test test-slow demo default-export presets plugins ort-headers ort-ops bench serve gpu-wheels gpu-check clean
 
 install: system $(VENV)/.installed $(ORT_OPS_LIB)
 
@@ -123,12 +123,24 @@ serve: install
 
 # On a GPU machine, in one call (< 8 min on an H100 / H200): the extension build, the kernel against the reference
 # and the Deformable-DETR-style baseline (fp32 / fp16 / bf16), the whole model at T = 1 and 5 (eager and CUDA graph);
-# writes benchmarks/results/gpu_<device>_<date>.json and the README's GPU section. It uses the venv as it is (GPU
-# machines may have no network: no install step); MAX_JOBS lets ninja use every core for the extension.
+# writes benchmarks/results/gpu_<device>_<date>.json and the README's GPU section. GPU machines may have no network:
+# without $(VENV) it makes one on the machine's own python (its torch, timm, ... via --system-site-packages) and
+# installs autr into it with no download: setuptools and wheel (to build autr) and ninja (torch's extension builder
+# needs it) come from $(GPU_WHEELS) (`make gpu-wheels` on a machine with network, then copy that folder along).
+# MAX_JOBS: ninja's parallelism.
 GPU_CHECK_TIMEOUT ?= 470
+GPU_WHEELS ?= .gpu-wheels
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --only-binary :all: --dest $(GPU_WHEELS) ninja setuptools wheel
+
 gpu-check:
-	@test -x $(BIN)/python || { echo "make gpu-check: $(BIN)/python not found; run \`make install\` first"; exit 2; }
-	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} timeout $(GPU_CHECK_TIMEOUT) $(BIN)/python -m autr.benchmarks.gpu_check
+	@test -x $(BIN)/python || { $(PYTHON) -m venv --system-site-packages $(VENV) \
+	  && $(BIN)/python -m pip install --quiet --no-deps --no-index --find-links $(GPU_WHEELS) -e . ; } \
+	  || { rm -rf $(VENV); echo "make gpu-check: could not make $(VENV) on $(PYTHON) offline (it needs python3-venv, and $(GPU_WHEELS)/ from \`make gpu-wheels\`); or run \`make install\`"; exit 2; }
+	@PATH="$(abspath $(BIN)):$$PATH" ninja --version >/dev/null 2>&1 \
+	  || $(BIN)/python -m pip install --quiet --no-index --find-links $(GPU_WHEELS) ninja 2>/dev/null \
+	  || { echo "make gpu-check: ninja is missing and $(GPU_WHEELS)/ has no ninja wheel; run \`make gpu-wheels\` on a machine with network and copy $(GPU_WHEELS)/ here"; exit 2; }
+	PATH="$(abspath $(BIN)):$$PATH" MAX_JOBS=$${MAX_JOBS:-$$(nproc)} timeout $(GPU_CHECK_TIMEOUT) $(BIN)/python -m autr.benchmarks.gpu_check
 
 # The MSDA kernel for sm_80/86/89/90/100/120, plus the TensorRT plugin when TRT_INCLUDE names TensorRT's include/.
 plugins: install
