@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from .core import driver_header, publish_table, run_autr
+from .plots import plot_paper_tables
 
 TEST_SEED = 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_tables_synth.json"
@@ -102,7 +103,8 @@ def _one(root: Path, name: str, step: dict, log) -> dict:
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     best = max(epochs, key=lambda r: r["val"]["miou"])
     return {"test": {k: v for k, v in test.items() if isinstance(v, (int, float))}, "best_epoch": best["epoch"],
-            "val_miou_best": best["val"]["miou"],
+            "val_miou_best": best["val"]["miou"], "val_miou_curve": [round(r["val"]["miou"], 4) for r in epochs],
+            "train_loss_curve": [round(r["train"]["loss"], 4) for r in epochs],
             "train_seconds": round(json.loads((run_dir / "done.json").read_text())["train_seconds"], 1),
             "commands": ["autr " + shlex.join(step[k]) for k in ("data", "train", "eval")]}
 
@@ -215,7 +217,7 @@ def markdown(result: dict) -> str:
     b = result["budget"]
     first = next(iter(result["runs"].values()))["commands"]
     lines += ["", f"Budget per run: `{b['preset']}` / `{b['tpavi_preset']}` presets at {b['size']}x{b['size']}, "
-              f"{b['train']} training clips, {b['epochs']} epochs, batch 8, AdamW 1e-4, training seeds "
+              f"{b['train']} training clips ({b.get('val', '?')} validation clips pick the best epoch), {b['epochs']} epochs, batch 8, AdamW 1e-4, training seeds "
               f"{', '.join(map(str, b['seeds']))}; test: {b['test_clips']} clips of seed {TEST_SEED} "
               f"(`autr eval --synthetic --seed {TEST_SEED}`); {result['hardware']}, {result['date']}. "
               f"Example run: `{first[1]}`; data: `{first[0]}` (MS3: seed 2; open set: seed 3 "
@@ -245,6 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--test-clips", type=int, default=100)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--plot", type=Path, default=None, help="The figure (default: --out with .png).")
     args = p.parse_args(argv)
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or not args.seeds or args.jobs < 1:
@@ -258,6 +261,7 @@ def main(argv=None) -> int:
               "seconds": round(time.time() - started, 1), "summary": summary, "verdicts": verdicts(summary),
               "runs": runs}
     publish_table(result, args.out, markdown)
+    print(f"wrote {plot_paper_tables(result, args.plot or args.out.with_suffix('.png'))}")
     return 0
 
 

@@ -4,13 +4,15 @@ model: a bar chart of throughput per row (frames/s, grouped by T, each bar annot
     research-code baseline) above one latency histogram per row that ran (its timed samples).
 msda: median time per case and implementation (log scale), annotated with the achieved GB/s.
 stream: windows/s of the realtime and fast runs and their end-to-end p50 / p90 / p99 / max.
+paper tables: test metrics per method and row (seed mean, half range, each seed a dot) beside each run's
+    validation mIoU per epoch (mean over seeds): what the tables say, and whether the budget trained them out.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-__all__ = ["plot", "plot_model", "plot_msda", "plot_stream"]
+__all__ = ["plot", "plot_model", "plot_msda", "plot_paper_tables", "plot_stream"]
 
 
 def _plt():
@@ -105,6 +107,56 @@ def plot_stream(result: dict, path) -> Path:
     b.legend(fontsize=8)
     fig.suptitle(f"runtime on a file, {result['model'].get('backend')} backend, "
                  f"{result.get('device_label', '')}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# (label, run, metric) of the paper-tables figure's bar groups
+PAPER_GROUPS = (("S4", "s4", "miou"), ("MS3", "ms3", "miou"), ("MS3 from S4", "ms3-from-s4", "miou"),
+                ("open set\nseen", "open-set", "miou_seen"), ("open set\nunseen", "open-set", "miou_unseen"),
+                ("S4 w/o audio\nqueries", "no-audio-queries", "miou"),
+                ("S4 w/o dyn.\nconv", "no-dynamic-conv", "miou"), ("S4\naudio_swap", "s4", "audio_swap"))
+PAPER_METHODS = {"autr": ("AuTR", "#1f77b4", "-"), "tpavi": ("TPAVI", "#ff7f0e", "--")}
+
+
+def plot_paper_tables(result: dict, path) -> Path:
+    """A `paper_tables` result: test metrics per row and method (left), validation mIoU per epoch (right)."""
+    plt = _plt()
+    summary, runs = result["summary"], result["runs"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.5, 1]})
+    width = 0.38
+    for k, (method, (label, color, _)) in enumerate(PAPER_METHODS.items()):
+        for i, (_, run, metric) in enumerate(PAPER_GROUPS):
+            rec = summary.get(f"{method}/{run}", {}).get(metric)
+            if not rec:
+                continue
+            x = i + (k - 0.5) * width
+            a.bar(x, rec["mean"], width, yerr=rec["spread"], color=color, capsize=3, label=label)
+            label = None  # one legend entry per method
+            a.scatter([x] * len(rec["values"]), rec["values"], color="white", edgecolors="k", s=14, zorder=3)
+    a.set_xticks(range(len(PAPER_GROUPS)), [g[0] for g in PAPER_GROUPS], fontsize=7.5)
+    a.set_ylabel("test mIoU (last group: audio_swap)")
+    a.legend(fontsize=8)
+    a.set_title("seed mean, ± half range, dots: seeds", fontsize=9)
+    curves: dict = {}
+    for r in runs.values():
+        if r.get("val_miou_curve"):
+            curves.setdefault((r["method"], r["run"]), []).append(r["val_miou_curve"])
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {run: cycle[i % len(cycle)] for i, run in enumerate(sorted({run for _, run in curves}))}
+    for (method, run), cs in sorted(curves.items()):
+        n = min(len(c) for c in cs)
+        mean = [sum(c[e] for c in cs) / len(cs) for e in range(n)]
+        b.plot(range(1, n + 1), mean, PAPER_METHODS[method][2], color=colors[run],
+               label=f"{PAPER_METHODS[method][0]} {run}")
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation mIoU (mean over seeds)")
+    b.set_title("training: solid AuTR, dashed TPAVI", fontsize=9)
+    if curves:
+        b.legend(fontsize=6.5, ncol=2)
+    budget = result.get("budget", {})
+    fig.suptitle(f"the paper's tables on SynthAVS: {budget.get('train')} clips, {budget.get('epochs')} epochs, "
+                 f"{budget.get('size')} px, seeds {budget.get('seeds')}; {result.get('hardware', '')}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

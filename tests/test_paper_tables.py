@@ -1,9 +1,12 @@
 """The paper-tables driver: each row trains with the flags its table is about, on one shared budget, for both
 methods and every seed; the verdicts compare seed means against the seed spread."""
 import argparse
+import json
 from pathlib import Path
 
-from autr.benchmarks.paper_tables import (RUNS, TEST_SEED, commands, markdown, run_name, summarize,
+import pytest
+
+from autr.benchmarks.paper_tables import (RUNS, TEST_SEED, _one, commands, markdown, run_name, summarize,
                                           verdicts)
 
 
@@ -87,3 +90,35 @@ def test_summary_and_verdicts_compare_seed_means_with_the_spread():
     assert "| I | S4-synth | 0.550 ± 0.050 | 0.510 ± 0.010 |" in table
     assert "| AuTR | 0.600 ± 0.000 | 0.400 ± 0.020 |" in table and "| TPAVI | – | – |" in table
     assert "same direction, within the seed spread" in table and "over 2 training seeds" in table
+
+
+def test_a_finished_run_is_read_back_with_its_training_curves(tmp_path):
+    """A run that a previous call finished is not trained again; its record keeps the per-epoch validation
+    mIoU and training loss (the figure's right panel) and the best epoch by validation mIoU."""
+    run = tmp_path / "autr-s4-s0"
+    run.mkdir()
+    (run / "done.json").write_text(json.dumps({"train_seconds": 12.34}))
+    (run / "test.json").write_text(json.dumps({"miou": 0.5, "fscore": 0.6, "size": 64, "note": "text is dropped"}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train": {"loss": 3.0 - e}, "val": {"miou": m}}) + "\n"
+        for e, m in ((1, 0.2), (2, 0.31), (3, 0.25))))
+    step = {k: ["false"] for k in ("data", "train", "eval")}  # would fail if anything ran
+    rec = _one(tmp_path, "autr-s4-s0", step, log=lambda *_: None)
+    assert rec["best_epoch"] == 2 and rec["val_miou_best"] == 0.31
+    assert rec["val_miou_curve"] == [0.2, 0.31, 0.25] and rec["train_loss_curve"] == [2.0, 1.0, 0.0]
+    assert rec["test"] == {"miou": 0.5, "fscore": 0.6, "size": 64} and rec["train_seconds"] == 12.3
+
+
+def test_the_figure_shows_both_methods_and_every_curve(tmp_path):
+    pytest.importorskip("matplotlib")
+    from autr.benchmarks.plots import plot_paper_tables
+
+    runs = _runs({("autr", "s4"): [{"miou": 0.3, "audio_swap": 0.4}, {"miou": 0.2, "audio_swap": 0.3}],
+                  ("tpavi", "s4"): [{"miou": 0.1, "audio_swap": 0.2}, {"miou": 0.2, "audio_swap": 0.1}],
+                  ("autr", "open-set"): [{"miou_seen": 0.4, "miou_unseen": 0.3}, {"miou_seen": 0.5,
+                                                                                   "miou_unseen": 0.2}]})
+    for i, r in enumerate(runs.values()):
+        r["val_miou_curve"] = [0.1 * i, 0.2, 0.25 + 0.01 * i][: 2 + i % 2]  # seeds may stop at different epochs
+    result = {"summary": summarize(runs), "runs": runs, "budget": vars(_args()), "hardware": "cpu"}
+    path = plot_paper_tables(result, tmp_path / "paper.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
