@@ -6,9 +6,9 @@ commands, every row with several training seeds.
 Runs (and skips what a previous call finished) the data generation, training and evaluation commands of
 each row, then writes `benchmarks/results/paper_tables_synth.json` with its figure (.png) and prints
 markdown tables whose footnote carries the commands. The defaults are the committed budget (400 training
-clips, 80 validation clips, 10 epochs: the README says how it was chosen). Every run uses one budget (input size, clips, epochs), so the rows compare
-with each other; the methods use presets of the same encoders (`small`, `tpavi-small`); the test splits
-come from seed 1000, which no training set uses. Runs go `--jobs` at a time, each on cores / jobs threads.
+clips, 80 validation clips, 10 epochs: the README says how it was chosen). Every run uses one budget (input
+size, clips, epochs), so the rows compare with each other; the methods use presets of the same encoders
+(`small`, `tpavi-small`); the test splits come from seed 1000, which no training set uses. Runs go `--jobs` at a time, each on cores / jobs threads.
 
 Rows, per method: Table I S4-synth and MS3-synth from scratch; Table II MS3 fine-tuned from the method's
 own S4 model (`--init`) vs MS3 from scratch; Table III the factored open set (categories that are new

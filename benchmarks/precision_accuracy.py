@@ -107,9 +107,9 @@ def run_precision_accuracy(export, clips: int = 200, mode: str = "s4", seed: int
         rows.append(_row(kind, PRECISION[kind], metrics, time.perf_counter() - t0, file=rec["file"],
                          sha256=rec.get("sha256"), runtime="ONNX Runtime CPU"))
         say(_line(rows[-1]))
-    for precision in openvino:
+    if openvino:
         from .openvino_runner import OpenVinoRunner
-
+    for precision in openvino:
         kind, hint = OPENVINO[precision]
         rec = sidecar["graphs"][kind]
         say(f"openvino {precision} ({kind}): {clips} clips")

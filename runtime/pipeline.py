@@ -100,7 +100,6 @@ class StreamRunner:
         self.isolated_runs = max(0, int(isolated_runs))
         self.isolated_ms: list = []
         self.isolated_paced_ms: list = []
-        self._paced_period = None  # mean seconds between in-pipeline inference starts, for the paced timing
         self._infer_starts = None  # (first, last, count) of the recorded inference start times
         self._before_start = (0, 0)  # (frames captured, dropped by the source queue) before the pipeline ran
         self.on_packet = on_packet
@@ -407,11 +406,17 @@ class StreamRunner:
                 except (ValueError, TypeError, OSError):
                     pass
             self._shutdown(interrupted or self._sigint)
-        if self.isolated_runs and not (interrupted or self._sigint) and (self._infer_starts or (0, 0, 0))[2] >= 3:
-            first, last, count = self._infer_starts
-            self._paced_period = (last - first) / (count - 1)  # the run's mean cadence
-            self._time_isolated(self._paced_period, self.isolated_paced_ms)
+        period = self._mean_call_period()
+        if self.isolated_runs and not (interrupted or self._sigint) and period:
+            self._time_isolated(period, self.isolated_paced_ms)
         return self.report()
+
+    def _mean_call_period(self) -> float | None:
+        """Mean seconds from one in-pipeline inference start to the next (None: fewer than three calls)."""
+        if not self._infer_starts or self._infer_starts[2] < 3:
+            return None
+        first, last, count = self._infer_starts
+        return (last - first) / (count - 1)
 
     def _time_isolated(self, period: float | None = None, into: list | None = None) -> None:
         """Time ``isolated_runs`` backend calls on one window of zeros with nothing else running (after three
@@ -544,7 +549,7 @@ class StreamRunner:
             alone = {"runs": len(samples), "p50": round(float(np.median(samples)), 3),
                      "p90": round(float(np.percentile(samples, 90)), 3)}
             if suffix:
-                alone["period_ms"] = round(self._paced_period * 1e3, 3)
+                alone["period_ms"] = round(self._mean_call_period() * 1e3, 3)
             rep[f"inference_isolated{suffix}_ms"] = alone
             rep[f"inference_in_pipeline_vs_isolated{suffix}"] = (None if not in_pipe
                                                                  else round(in_pipe / alone["p50"], 3))

@@ -109,9 +109,22 @@ def test_a_finished_run_is_read_back_with_its_training_curves(tmp_path):
     assert rec["test"] == {"miou": 0.5, "fscore": 0.6, "size": 64} and rec["train_seconds"] == 12.3
 
 
-def test_the_figure_shows_both_methods_and_every_curve(tmp_path):
+def test_the_figure_shows_both_methods_and_every_curve(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    from autr.benchmarks import plots
     from autr.benchmarks.plots import plot_paper_tables
+
+    drawn = {}
+    save = plots._save
+
+    def keep(fig, path):  # the figure as drawn, before it is written and closed
+        left, right = fig.axes
+        drawn["legend"] = [t.get_text() for t in left.get_legend().get_texts()]
+        drawn["bars"] = len(left.patches)
+        drawn["curves"] = {line.get_label(): list(line.get_ydata()) for line in right.get_lines()}
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
 
     runs = _runs({("autr", "s4"): [{"miou": 0.3, "audio_swap": 0.4}, {"miou": 0.2, "audio_swap": 0.3}],
                   ("tpavi", "s4"): [{"miou": 0.1, "audio_swap": 0.2}, {"miou": 0.2, "audio_swap": 0.1}],
@@ -122,3 +135,9 @@ def test_the_figure_shows_both_methods_and_every_curve(tmp_path):
     result = {"summary": summarize(runs), "runs": runs, "budget": vars(_args()), "hardware": "cpu"}
     path = plot_paper_tables(result, tmp_path / "paper.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+    assert drawn["legend"] == ["AuTR", "TPAVI"]
+    assert drawn["bars"] == 6  # AuTR: S4, open set seen / unseen, audio_swap; TPAVI: S4, audio_swap
+    # one curve per method and row, the mean over its seeds, as long as the shortest seed's
+    assert drawn["curves"].keys() == {"AuTR s4", "TPAVI s4", "AuTR open-set"}
+    assert drawn["curves"]["AuTR s4"] == pytest.approx([0.05, 0.2])
+    assert drawn["curves"]["TPAVI s4"] == pytest.approx([0.25, 0.2])
